@@ -1,0 +1,1 @@
+"""Grid files (grids/), the papers' reference numbers (references/) and performance benchmarks."""

@@ -1,0 +1,200 @@
+"""The ``ssl-bench`` command line (contract in DESIGN.md)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import UserError
+
+
+def _parse_sets(pairs: list[str]) -> dict:
+    from .grid import parse_value
+
+    overrides = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--set {pair!r}: expected KEY=VALUE, e.g. --set steps=100")
+        overrides[key.strip()] = parse_value(value.strip())
+    return overrides
+
+
+def cmd_list(args) -> int:
+    from .params import describe
+    from .registry import registry
+
+    reg = registry()
+    kinds = [args.kind] if args.kind else ["methods", "backbones", "datasets", "grids"]
+    for kind in kinds:
+        if not args.kind:
+            print(f"# {kind}")
+        for name in reg.names(kind):
+            item = reg.items[kind][name]
+            provider = reg.providers[kind][name].distribution
+            if kind == "grids":
+                print(f"{name}\t{provider}\t{item.path}")
+                continue
+            doc = (item.__doc__ or "").strip().split("\n")[0] if kind == "methods" else item.help
+            print(f"{name}\t{provider}\t{doc}")
+            if args.verbose:
+                params = item.params() if kind == "methods" else item.params
+                if params:
+                    print(describe(params))
+    for broken in reg.broken:
+        print(f"BROKEN\t{broken.provider.distribution}\t{broken.provider.entry_point} -> "
+              f"{broken.provider.module}: {broken.error}")
+        if args.verbose:
+            print(broken.details)
+    return 0
+
+
+def _prepare(args):
+    from .data import default_data_dir
+    from .registry import registry
+    from .runner import prepare
+
+    reg = registry()
+    return reg, prepare(args.grid, reg, overrides=_parse_sets(args.set), data_dir=default_data_dir(args.data_dir))
+
+
+def _print_tables(prepared, out: Path, fmt: str = "markdown", compare: bool = False, show_n: bool = False,
+                  only: str | None = None) -> None:
+    from .results import read_runs
+    from .tables import render
+
+    rows = read_runs(out, prepared.grid.name)
+    tables = [t for t in prepared.grid.tables if only in (None, t.name)]
+    if only and not tables:
+        raise UserError(f"grid {prepared.grid.name!r} has no table {only!r}; its tables: "
+                        f"{', '.join(t.name for t in prepared.grid.tables) or 'none'}")
+    if not tables:
+        print(f"(grid {prepared.grid.name!r} declares no tables)")
+    for spec in tables:
+        print(render(spec, prepared.runs, rows, fmt, compare=compare, show_n=show_n))
+        print()
+
+
+def cmd_run(args) -> int:
+    from .runner import describe_run, parse_device, run_grid
+
+    device = parse_device(args.device)
+    reg, prepared = _prepare(args)
+    if args.dry_run:
+        keys = prepared.grid.axis_keys
+        for run in prepared.runs:
+            print(f"{run.run_id}\t{describe_run(run, keys)}")
+        print(f"{len(prepared.runs)} runs in grid {prepared.grid.name}")
+        return 0
+    out = Path(args.out)
+    counts = run_grid(prepared, reg, out=out, device=device, retry_failed=args.retry_failed,
+                      show_progress=False if args.no_progress else None)
+    print(f"{prepared.grid.name}: {counts['ok']} ok, {counts['diverged']} diverged, {counts['failed']} failed, "
+          f"{counts['skipped']} already done; results in {out / prepared.grid.name}", file=sys.stderr)
+    _print_tables(prepared, out)
+    return 1 if counts["failed"] else 0
+
+
+def cmd_table(args) -> int:
+    _, prepared = _prepare(args)
+    _print_tables(prepared, Path(args.out), args.format, args.compare, args.show_n, args.table)
+    return 0
+
+
+def cmd_show(args) -> int:
+    import pandas as pd
+
+    from .results import read_curves
+
+    out = Path(args.out)
+    matches = sorted(out.glob(f"*/runs/{args.run_id}*.parquet"))
+    if not matches:
+        raise UserError(f"no run {args.run_id!r} in {out} (looked for {out}/*/runs/{args.run_id}*.parquet)")
+    if len({m.stem for m in matches}) > 1:
+        raise UserError(f"run id prefix {args.run_id!r} is ambiguous: {', '.join(sorted({m.stem for m in matches}))}")
+    path = matches[0]
+    row = pd.read_parquet(path).iloc[0]
+    with pd.option_context("display.max_rows", None, "display.max_colwidth", 120):
+        print(row.drop(labels=["config"]).to_string())
+        print(f"config\t{row['config']}")
+        curves = read_curves(out, path.parent.parent.name, path.stem)
+        if len(curves):
+            print("\ncurve:")
+            print(curves.drop(columns=["run_id"]).to_string(index=False))
+    return 0
+
+
+def cmd_data(args) -> int:
+    from .data import default_data_dir
+    from .registry import registry
+
+    spec = registry().dataset(args.name)
+    if spec.download is None:
+        print(f"{args.name}: nothing to download ({spec.help})")
+        return 0
+    root = default_data_dir(args.data_dir)
+    spec.download(root)
+    print(f"{args.name}: downloaded and verified in {root}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ssl-bench", description="Seeded semi-supervised learning benchmarks.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("list", help="list installed methods, backbones, data sets, grids (and broken plugins)")
+    p.add_argument("kind", nargs="?", choices=["methods", "backbones", "datasets", "grids"])
+    p.add_argument("-v", "--verbose", action="store_true", help="show parameters and plugin errors in full")
+    p.set_defaults(func=cmd_list)
+
+    def grid_args(p):
+        p.add_argument("--grid", required=True, help="grid name (see `ssl-bench list grids`) or path to a TOML file")
+        p.add_argument("--out", default="results", help="results directory (default: results/)")
+        p.add_argument("--set", action="append", metavar="KEY=VALUE", default=[],
+                       help="override a setting for every run, e.g. --set steps=100 --set methods.lba.visit_weight=0.5")
+        p.add_argument("--data-dir", help="data root (default: $SSL_BENCH_DATA, then ~/.cache/ssl-bench)")
+
+    p = sub.add_parser("run", help="run every unfinished run of a grid, then print its tables")
+    grid_args(p)
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--dry-run", action="store_true", help="print the expanded runs and exit")
+    p.add_argument("--retry-failed", action="store_true", help="rerun runs recorded as failed")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (one line per finished run)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("table", help="render a grid's tables from its results")
+    grid_args(p)
+    p.add_argument("--format", default="markdown", choices=["markdown", "latex", "csv", "html"])
+    p.add_argument("--compare", action="store_true", help="show the paper's numbers and the difference")
+    p.add_argument("--show-n", action="store_true", help="show the number of runs in each cell")
+    p.add_argument("--table", help="only this table of the grid")
+    p.set_defaults(func=cmd_table)
+
+    p = sub.add_parser("show", help="print one run's row and evaluation curve")
+    p.add_argument("run_id", help="a run id or a unique prefix of one")
+    p.add_argument("--out", default="results")
+    p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("data", help="data-set files")
+    dsub = p.add_subparsers(dest="data_command", required=True)
+    d = dsub.add_parser("download", help="download and verify a data set's files")
+    d.add_argument("name")
+    d.add_argument("--data-dir")
+    d.set_defaults(func=cmd_data)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as exc:
+        print(f"ssl-bench: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ssl-bench: interrupted; finished runs are saved, rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

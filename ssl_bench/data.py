@@ -1,0 +1,226 @@
+"""Data sets in memory, seeded protocol subsets, and batch samplers on the training device.
+
+A data set is a few uint8 tensors (N x C x H x W) with int64 labels; no per-sample Python
+runs in the training loop: batches are gathered by index from tensors already on the device.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .errors import UserError
+from .params import ALL, Param, params_of_function
+
+
+@dataclasses.dataclass
+class ImageDataset:
+    """Images as uint8 N x C x H x W, labels as int64 N; ``mean``/``std`` per channel on the
+    0-1 scale, used to normalise batches on the device."""
+
+    name: str
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    description: str = ""
+
+    def __post_init__(self):
+        for split in ("train", "test"):
+            x, y = getattr(self, f"{split}_x"), getattr(self, f"{split}_y")
+            if x.dtype != torch.uint8 or x.ndim != 4:
+                raise ValueError(f"{self.name}: {split}_x must be uint8 N x C x H x W, got {x.dtype} {tuple(x.shape)}")
+            if y.dtype != torch.int64 or y.shape != (x.shape[0],):
+                raise ValueError(f"{self.name}: {split}_y must be int64 of length {x.shape[0]}")
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(self.train_x.shape[1:])
+
+    def class_counts(self) -> np.ndarray:
+        return np.bincount(self.train_y.numpy(), minlength=self.num_classes)
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+    """A data-set plugin: ``load(data_dir, **kwargs) -> ImageDataset``. Keyword arguments of
+    ``load`` are the data set's parameters (``[base.datasets.NAME]`` in a grid)."""
+
+    name: str
+    load: Callable[..., ImageDataset]
+    help: str = ""
+    #: ``download(data_dir)`` fetches and verifies the files; None if nothing needs downloading
+    download: Callable[[Path], None] | None = None
+
+    @property
+    def params(self) -> list[Param]:
+        return params_of_function(self.load, skip=("data_dir",))
+
+
+# --------------------------------------------------------------------------- subsets
+@dataclasses.dataclass(frozen=True)
+class Subsets:
+    """Indices into the training set: labeled, unlabeled and validation samples of one run."""
+
+    labeled: np.ndarray
+    unlabeled: np.ndarray
+    validation: np.ndarray
+
+    def hashes(self) -> dict[str, str]:
+        return {f"{k}_hash": index_hash(getattr(self, k)) for k in ("labeled", "unlabeled", "validation")}
+
+
+def index_hash(indices: np.ndarray) -> str:
+    """A short content hash of an index set (order-independent), stored with every result row."""
+    return hashlib.sha256(np.sort(indices).astype("<i8").tobytes()).hexdigest()[:16]
+
+
+def draw_subsets(labels: np.ndarray, num_classes: int, *, seed: int, n_labeled, n_unlabeled,
+                 overlap: bool, n_validation: int = 0) -> Subsets:
+    """Draw one run's subsets from the training labels, all from ``seed``.
+
+    1. A validation set of ``n_validation`` samples (uniform) is removed first.
+    2. The labeled set is class-balanced: ``n_labeled / num_classes`` samples per class
+       (``"all"``: every remaining sample).
+    3. The unlabeled set (uniform, labels unused) is drawn independently of the labeled one
+       from the remaining samples; with ``overlap`` it may share samples with the labeled set
+       (as in the LbA paper's Table 3, whose errors are therefore "upper bounds"), without
+       it the labeled samples are excluded first.
+
+    Each step uses its own random stream derived from ``seed``, so the labeled set of a seed is
+    the same whatever ``n_unlabeled`` is, and runs at different unlabeled counts are paired.
+    """
+    n = len(labels)
+    pool = np.arange(n)
+    if n_validation:
+        if n_validation >= n:
+            raise UserError(f"n_validation={n_validation} leaves no training samples (the training set has {n})")
+        rng = np.random.default_rng([seed, 2])
+        validation = np.sort(rng.choice(n, size=n_validation, replace=False))
+        pool = np.setdiff1d(pool, validation)
+    else:
+        validation = np.zeros(0, dtype=np.int64)
+
+    if n_labeled == ALL:
+        labeled = pool.copy()
+    else:
+        per_class = n_labeled // num_classes
+        rng = np.random.default_rng([seed, 0])
+        chosen = []
+        for c in range(num_classes):
+            members = pool[labels[pool] == c]
+            chosen.append(rng.choice(members, size=per_class, replace=False))
+        labeled = np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, dtype=np.int64)
+
+    candidates = pool if overlap else np.setdiff1d(pool, labeled)
+    if n_unlabeled == ALL:
+        unlabeled = candidates.copy()
+    else:
+        rng = np.random.default_rng([seed, 1])
+        unlabeled = np.sort(rng.choice(candidates, size=n_unlabeled, replace=False))
+    return Subsets(labeled.astype(np.int64), unlabeled.astype(np.int64), validation.astype(np.int64))
+
+
+def check_counts(labels: np.ndarray, num_classes: int, *, n_labeled, n_unlabeled, overlap: bool,
+                 n_validation: int, dataset: str) -> None:
+    """Reject counts the data set cannot supply, before anything is trained.
+
+    The check is conservative where the validation set is random: each class must keep
+    ``n_labeled / num_classes`` samples even if the validation set took the most it could."""
+    counts = np.bincount(labels, minlength=num_classes)
+    n = len(labels)
+    if n_labeled != ALL:
+        if n_labeled % num_classes:
+            raise UserError(f"n_labeled={n_labeled} is not a multiple of the {num_classes} classes of "
+                            f"{dataset}: labeled sets are class-balanced")
+        per_class = n_labeled // num_classes
+        smallest = int(counts.min()) - n_validation
+        if per_class > smallest:
+            raise UserError(f"n_labeled={n_labeled} asks for {per_class} labeled samples per class, but the "
+                            f"smallest class of {dataset} has {int(counts.min())} training samples"
+                            + (f" ({smallest} after n_validation={n_validation})" if n_validation else ""))
+    if n_unlabeled != ALL:
+        labeled_total = (n - n_validation) if n_labeled == ALL else n_labeled
+        available = n - n_validation - (0 if overlap else labeled_total)
+        if n_unlabeled > available:
+            raise UserError(f"n_unlabeled={n_unlabeled} is more than the {available} training samples of "
+                            f"{dataset} available for the unlabeled set"
+                            + ("" if overlap else " (unlabeled_overlap=false excludes the labeled samples)"))
+
+
+# --------------------------------------------------------------------------- batches
+class DeviceData:
+    """A run's data on the training device: uint8 images, labels, and samplers that gather
+    batches by index with a device-side generator (seeded from the run seed)."""
+
+    def __init__(self, dataset: ImageDataset, subsets: Subsets, device: torch.device, seed: int):
+        self.device = device
+        self.num_classes = dataset.num_classes
+        self.mean = torch.tensor(dataset.mean, device=device).view(1, -1, 1, 1)
+        self.std = torch.tensor(dataset.std, device=device).view(1, -1, 1, 1)
+        self.train_x = dataset.train_x.to(device)
+        self.train_y = dataset.train_y.to(device)
+        self.test_x, self.test_y = dataset.test_x.to(device), dataset.test_y.to(device)
+        as_index = lambda a: torch.as_tensor(a, dtype=torch.int64, device=device)
+        self.validation = as_index(subsets.validation)
+        self.unlabeled = as_index(subsets.unlabeled)
+        # Labeled indices sorted by class; a class's members occupy [start, start + size).
+        labeled = as_index(subsets.labeled)
+        order = torch.argsort(self.train_y[labeled], stable=True)
+        self.labeled = labeled[order]
+        self.labeled_classes = self.train_y[self.labeled]
+        sizes = torch.bincount(self.labeled_classes, minlength=self.num_classes)
+        self.class_sizes = sizes
+        self.class_starts = torch.cumsum(sizes, 0) - sizes
+        self.generator = torch.Generator(device=device)
+        self.generator.manual_seed(seed)
+
+    def normalise(self, x_uint8: torch.Tensor) -> torch.Tensor:
+        return (x_uint8.float().div_(255.0) - self.mean) / self.std
+
+    def labeled_batch(self, per_class: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``per_class`` samples of every class that has labeled samples, class-balanced.
+
+        Within a class the samples are a random permutation, so there are no repeats unless the
+        class has fewer than ``per_class`` labeled samples (then it cycles through them)."""
+        keys = self.labeled_classes.double() + torch.rand(len(self.labeled), generator=self.generator,
+                                                         device=self.device, dtype=torch.float64)
+        shuffled = self.labeled[torch.argsort(keys)]  # random order within each class block
+        present = torch.nonzero(self.class_sizes).squeeze(1)
+        slot = torch.arange(per_class, device=self.device)
+        pos = self.class_starts[present, None] + slot[None, :] % self.class_sizes[present, None]
+        idx = shuffled[pos.reshape(-1)]
+        return self.normalise(self.train_x[idx]), self.train_y[idx]
+
+    def unlabeled_batch(self, size: int) -> torch.Tensor | None:
+        """``size`` samples drawn uniformly (with replacement) from the unlabeled set."""
+        if len(self.unlabeled) == 0 or size == 0:
+            return None
+        pick = torch.randint(len(self.unlabeled), (size,), generator=self.generator, device=self.device)
+        return self.normalise(self.train_x[self.unlabeled[pick]])
+
+    def eval_sets(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        sets = {"test": (self.test_x, self.test_y)}
+        if len(self.validation):
+            sets["validation"] = (self.train_x[self.validation], self.train_y[self.validation])
+        return sets
+
+
+def default_data_dir(cli_value: str | Path | None = None) -> Path:
+    """Where data-set plugins look for files: ``--data-dir``, then ``$SSL_BENCH_DATA``, then
+    the user cache directory (``$XDG_CACHE_HOME/ssl-bench`` or ``~/.cache/ssl-bench``)."""
+    import os
+
+    if cli_value:
+        return Path(cli_value).expanduser()
+    if os.environ.get("SSL_BENCH_DATA"):
+        return Path(os.environ["SSL_BENCH_DATA"]).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache) / "ssl-bench"

@@ -1,0 +1,304 @@
+"""Grid files: base settings + axes, expanded into fully resolved, hashed run configurations.
+
+A grid is a TOML file::
+
+    name = "digits_table3"            # optional, defaults to the file's stem
+    description = "..."
+
+    [base]                            # settings shared by every run
+    dataset = "digits"
+    backbone = "lba_convnet"
+    method = "lba"
+    steps = 600
+    [base.methods.lba]                # a plugin's parameters live under its name
+    visit_weight = 1.0
+
+    [axes]                            # cartesian product, in file order
+    n_labeled = [20, 50, 100, "all"]
+    n_unlabeled = [0, 500, "all"]
+    seed = [0, 1, 2, 3, 4]
+
+    [[zip]]                           # optional: keys that vary together (equal lengths)
+    method = ["supervised", "lba"]
+    lr = [1e-3, 3e-4]
+
+    [[exclude]]                       # optional: drop runs matching every key given
+    n_labeled = "all"
+    n_unlabeled = 0
+
+    [[table]]                         # paper-style tables rendered from the results
+    name = "table3"
+    rows = "n_labeled"
+    columns = "n_unlabeled"
+    metric = "test_error"             # see ssl_bench.protocol.METRICS
+    statistic = "median"              # median | mean
+    spread = "std"                    # std | none
+    format = ".2f"
+    caption = "..."
+    where = { method = "lba" }        # optional filter
+    reference = "../references/x.csv" # optional: the paper's numbers, relative to this file
+
+A run configuration is a nested dict of the protocol keys, ``method``/``backbone``/``dataset``
+and their fully defaulted parameters (``methods.NAME``, ...) for exactly the plugins the run
+uses. Its id is a hash of that configuration.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import itertools
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from .errors import UserError
+from .params import Param, validate
+from .protocol import METRICS, PLUGIN_KEYS, PROTOCOL_PARAMS
+
+TOP_KEYS = {"name", "description", "base", "axes", "zip", "exclude", "table"}
+TABLE_KEYS = {"name", "rows", "columns", "metric", "statistic", "spread", "format", "caption", "where", "reference"}
+
+
+@dataclasses.dataclass(frozen=True)
+class TableSpec:
+    name: str
+    rows: str
+    columns: str
+    metric: str = "test_error"
+    statistic: str = "median"
+    spread: str = "std"
+    format: str = ".2f"
+    caption: str = ""
+    where: dict = dataclasses.field(default_factory=dict)
+    reference: Path | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    run_id: str
+    config: dict  # nested, fully resolved
+
+    def flat(self) -> dict[str, Any]:
+        return flatten(self.config)
+
+
+@dataclasses.dataclass
+class Grid:
+    name: str
+    path: Path | None
+    description: str
+    base: dict  # flat
+    axes: list[list[dict]]  # each axis: a list of flat assignments
+    excludes: list[dict]
+    tables: list[TableSpec]
+
+    @property
+    def axis_keys(self) -> list[str]:
+        return [k for axis in self.axes for k in axis[0]]
+
+
+# ------------------------------------------------------------------------------ loading
+def grid_name_of_file(path: Path) -> str:
+    try:
+        return str(tomllib.loads(Path(path).read_text()).get("name") or Path(path).stem)
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
+        return Path(path).stem
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def unflatten(flat: dict[str, Any]) -> dict:
+    tree: dict = {}
+    for key, value in flat.items():
+        node = tree
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return tree
+
+
+def parse_value(text: str) -> Any:
+    """A --set value: a TOML value (``0.5``, ``true``, ``"all"``, ``[1, 2]``), else a bare string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def load_grid(path: Path, overrides: dict[str, Any] | None = None) -> Grid:
+    path = Path(path)
+    try:
+        doc = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"grid file {path} is not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise UserError(f"cannot read grid file {path}: {exc.strerror}") from None
+    return parse_grid(doc, path=path, overrides=overrides)
+
+
+def parse_grid(doc: dict, path: Path | None = None, overrides: dict[str, Any] | None = None) -> Grid:
+    where = f"grid {path}" if path else "grid"
+    unknown = set(doc) - TOP_KEYS
+    if unknown:
+        raise UserError(f"{where}: unknown top-level key(s) {', '.join(sorted(unknown))}; "
+                        f"allowed: {', '.join(sorted(TOP_KEYS))}")
+    name = doc.get("name") or (path.stem if path else "grid")
+    base = flatten(_table(doc, "base", where))
+    for key, value in base.items():
+        if isinstance(value, list):
+            raise UserError(f"{where}: base.{key} is a list; put it under [axes] to sweep it")
+    axes: list[list[dict]] = []
+    for key, values in flatten(_table(doc, "axes", where)).items():
+        if not isinstance(values, list) or not values:
+            raise UserError(f"{where}: axes.{key} must be a non-empty list of values, got {values!r}")
+        axes.append([{key: v} for v in values])
+    for i, group in enumerate(_tables(doc, "zip", where)):
+        flat = flatten(group)
+        lengths = {k: len(v) if isinstance(v, list) else -1 for k, v in flat.items()}
+        if not flat or -1 in lengths.values() or len(set(lengths.values())) != 1 or 0 in lengths.values():
+            raise UserError(f"{where}: zip #{i + 1} must map keys to non-empty lists of equal length, got {lengths}")
+        axes.append([dict(zip(flat, combo)) for combo in zip(*flat.values())])
+    seen: set[str] = set()
+    for axis in axes:
+        for key in axis[0]:
+            if key in seen:
+                raise UserError(f"{where}: key {key!r} is swept twice (in [axes] or [[zip]])")
+            seen.add(key)
+    excludes = [flatten(e) for e in _tables(doc, "exclude", where)]
+
+    for key, value in (overrides or {}).items():
+        _check_key(key, f"--set {key}")
+        # An override fixes the key for every run: it replaces a swept axis too.
+        axes = [[{k: v for k, v in a.items() if k != key} for a in axis] for axis in axes]
+        axes = [axis for axis in axes if axis[0]]
+        base[key] = value
+
+    tables = [_table_spec(t, where, path) for t in _tables(doc, "table", where)]
+    grid = Grid(str(name), path, str(doc.get("description", "")), base, axes, excludes, tables)
+    for key in list(base) + grid.axis_keys + [k for e in excludes for k in e]:
+        _check_key(key, f"{where}: key {key!r}")
+    return grid
+
+
+def _table(doc: dict, key: str, where: str) -> dict:
+    value = doc.get(key, {})
+    if not isinstance(value, dict):
+        raise UserError(f"{where}: {key} must be a table ([{key}]), got {value!r}")
+    return value
+
+
+def _tables(doc: dict, key: str, where: str) -> list[dict]:
+    value = doc.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise UserError(f"{where}: {key} must be an array of tables ([[{key}]])")
+    return value
+
+
+_PROTOCOL_KEYS = {p.name for p in PROTOCOL_PARAMS}
+
+
+def _check_key(key: str, label: str) -> None:
+    """Only structural checks here; values are validated when runs are resolved."""
+    parts = key.split(".")
+    if len(parts) == 1 and (key in _PROTOCOL_KEYS or key in PLUGIN_KEYS):
+        return
+    if len(parts) == 3 and parts[0] in PLUGIN_KEYS.values():
+        return
+    raise UserError(f"{label}: unknown setting {key!r}. Settings are the protocol keys "
+                    f"({', '.join(sorted(_PROTOCOL_KEYS))}), method/backbone/dataset, and plugin "
+                    f"parameters as methods.NAME.KEY, backbones.NAME.KEY or datasets.NAME.KEY")
+
+
+def _table_spec(raw: dict, where: str, path: Path | None) -> TableSpec:
+    unknown = set(raw) - TABLE_KEYS
+    if unknown:
+        raise UserError(f"{where}: table keys {', '.join(sorted(unknown))} unknown; allowed: {', '.join(sorted(TABLE_KEYS))}")
+    for key in ("name", "rows", "columns"):
+        if not isinstance(raw.get(key), str):
+            raise UserError(f"{where}: every [[table]] needs a string {key!r}")
+    spec = TableSpec(**{k: v for k, v in raw.items() if k != "reference"},
+                     reference=(path.parent if path else Path.cwd()) / raw["reference"] if raw.get("reference") else None)
+    if spec.metric not in METRICS:
+        raise UserError(f"{where}: table {spec.name!r}: metric {spec.metric!r} unknown; one of {', '.join(METRICS)}")
+    if spec.statistic not in ("median", "mean"):
+        raise UserError(f"{where}: table {spec.name!r}: statistic must be median or mean, got {spec.statistic!r}")
+    if spec.spread not in ("std", "none"):
+        raise UserError(f"{where}: table {spec.name!r}: spread must be std or none, got {spec.spread!r}")
+    try:
+        format(1.0, spec.format)
+    except (ValueError, TypeError):
+        raise UserError(f"{where}: table {spec.name!r}: format {spec.format!r} is not a Python number format") from None
+    return spec
+
+
+# ------------------------------------------------------------------------------ expansion
+def expand(grid: Grid, registry) -> list[Run]:
+    """All runs of the grid, resolved (defaults filled, values validated) and hashed, in axis
+    order. Raises UserError on the first invalid run, before anything is trained."""
+    runs, ids = [], set()
+    for combo in itertools.product(*grid.axes):
+        flat = dict(grid.base)
+        for assignment in combo:
+            flat.update(assignment)
+        if any(all(flat.get(k) == v for k, v in ex.items()) for ex in grid.excludes):
+            continue
+        config = resolve(flat, registry)
+        run_id = run_id_of(config)
+        if run_id in ids:
+            continue  # two axis combinations that resolve to the same run (e.g. via zip)
+        ids.add(run_id)
+        runs.append(Run(run_id, config))
+    return runs
+
+
+def resolve(flat: dict[str, Any], registry) -> dict:
+    """A fully resolved nested run configuration from flat settings."""
+    tree = unflatten(flat)
+    protocol_given = {k: v for k, v in tree.items() if k in _PROTOCOL_KEYS}
+    config = validate(PROTOCOL_PARAMS, protocol_given, where="")
+    for key, section in PLUGIN_KEYS.items():
+        name = tree.get(key)
+        if not isinstance(name, str):
+            raise UserError(f"every run needs a {key} name (base.{key} = \"...\"), got {name!r}")
+        given_sections = tree.get(section, {})
+        for other, args in given_sections.items():
+            _plugin_params(registry, key, other)  # every named plugin must exist
+            validate(_plugin_params(registry, key, other), args, where=f"{section}.{other}.")
+        params = _plugin_params(registry, key, name)
+        config[key] = name
+        config[section] = {name: validate(params, given_sections.get(name, {}), where=f"{section}.{name}.")}
+    return config
+
+
+def _plugin_params(registry, key: str, name: str) -> list[Param]:
+    if key == "method":
+        return registry.method(name).params()
+    if key == "backbone":
+        return registry.backbone(name)[0].params
+    return registry.dataset(name).params
+
+
+def run_id_of(config: dict) -> str:
+    canonical = json.dumps(config, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+def plugin_args(config: dict, key: str) -> dict:
+    """The parameters of the run's method/backbone/dataset (``key``) from a resolved config."""
+    return copy.deepcopy(config[PLUGIN_KEYS[key]][config[key]])

@@ -1,0 +1,46 @@
+"""The plugin hooks of ssl-bench: every hook is specified here, in one place.
+
+A plugin is a module named in the ``ssl_bench`` entry-point group of an installed
+distribution::
+
+    [project.entry-points.ssl_bench]
+    my_method = "my_package.my_method"
+
+whose functions marked ``@ssl_bench.hookimpl`` implement any of the hooks below. Each hook
+returns a list of the things the plugin contributes. The built-in methods, backbones, data
+sets and grids are plugins of exactly this kind (see ``plugins/``).
+"""
+from __future__ import annotations
+
+import pluggy
+
+PROJECT = "ssl_bench"
+ENTRY_POINT_GROUP = "ssl_bench"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def ssl_bench_methods() -> list:
+    """Return a list of :class:`ssl_bench.Method` subclasses (each with a unique ``name``)."""
+
+
+@hookspec
+def ssl_bench_backbones() -> list:
+    """Return a list of :class:`ssl_bench.Backbone` specs: a name and a factory
+    ``build(input_shape, **kwargs) -> nn.Module`` whose module has ``embedding_dim``.
+    A name ending in ``*`` (e.g. ``"timm:*"``) is a family: ``timm:resnet18`` calls the
+    factory with ``variant="resnet18"``."""
+
+
+@hookspec
+def ssl_bench_datasets() -> list:
+    """Return a list of :class:`ssl_bench.DatasetSpec`: a name and a loader
+    ``load(data_dir, **kwargs) -> ssl_bench.ImageDataset``."""
+
+
+@hookspec
+def ssl_bench_grids() -> list:
+    """Return a list of paths (``str`` or ``pathlib.Path``) of grid TOML files. A grid's name
+    is its ``name`` key, or the file's stem."""

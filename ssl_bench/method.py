@@ -1,0 +1,129 @@
+"""The method API: what a semi-supervised method is to the training loop.
+
+A method that only adds loss terms is one short class::
+
+    class EntropyMinimisation(Method):
+        name = "entmin"
+        weight: float = hyperparameter(1.0, ge=0, help="weight of the entropy term")
+
+        def loss_terms(self, batch, model, ctx):
+            terms = {"classification": F.cross_entropy(model(batch.x_labeled), batch.y_labeled)}
+            if batch.x_unlabeled is not None:
+                p = model(batch.x_unlabeled).softmax(1)
+                terms["entropy"] = self.weight * -(p * p.clamp_min(1e-8).log()).sum(1).mean()
+            return terms
+
+Hyperparameters are annotated class attributes (int, float, bool, str, Literal[...]) with
+defaults; grids set them under ``[base.methods.NAME]``; unknown keys and wrong types are
+errors before training starts. The loop sums the returned terms and logs each one.
+
+Methods with their own schedule (delays, ramps, EMA teachers, periodic re-clustering) keep
+that state on ``self`` and use the lifecycle hooks, which the loop calls in this order::
+
+    on_train_start(model, ctx)                         # once, after the model is built
+    for step in range(steps):
+        ctx.step = step
+        on_step_start(model, ctx)                      # e.g. re-cluster every k steps
+        terms = loss_terms(batch, model, ctx)          # ctx.step / ctx.progress for ramps
+        (backward, optimiser step)
+        on_step_end(model, ctx)                        # e.g. EMA teacher update
+    evaluation uses eval_model(model) (e.g. the EMA teacher) and predict(model, x)
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from .errors import UserError
+from .params import Param, params_of_class, validate
+
+
+@dataclasses.dataclass
+class Batch:
+    """One training step's data, normalised and on the device. ``x_unlabeled`` is None when the
+    run has no unlabeled data (n_unlabeled = 0)."""
+
+    x_labeled: torch.Tensor
+    y_labeled: torch.Tensor
+    x_unlabeled: torch.Tensor | None
+
+
+@dataclasses.dataclass
+class TrainContext:
+    """What a method may look at besides the batch: the step, the run's length, its data on the
+    device (``data.train_x[data.unlabeled]`` etc.), the device and a seeded generator."""
+
+    step: int
+    steps: int
+    num_classes: int
+    device: torch.device
+    data: Any
+    generator: torch.Generator
+
+    @property
+    def progress(self) -> float:
+        """Fraction of training done, in [0, 1): for ramps."""
+        return self.step / max(self.steps, 1)
+
+
+class Method:
+    """Base class of all methods. Subclasses set ``name`` and implement :meth:`loss_terms`."""
+
+    name: ClassVar[str] = ""
+    #: whether the method uses unlabeled batches at all (the loop skips sampling them if not)
+    uses_unlabeled: ClassVar[bool] = True
+
+    def __init__(self, **hparams: Any):
+        values = validate(self.params(), hparams, where=f"methods.{self.name}.")
+        for key, value in values.items():
+            setattr(self, key, value)
+        self.hparams = values
+
+    @classmethod
+    def params(cls) -> list[Param]:
+        return params_of_class(cls, stop=Method)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.hparams.items())
+        return f"{type(self).__name__}({args})"
+
+    # ---------------------------------------------------------------- the objective
+    def loss_terms(self, batch: Batch, model: nn.Module, ctx: TrainContext) -> dict[str, torch.Tensor]:
+        """Return the named scalar loss terms of this step (already weighted); the loop sums them."""
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------- lifecycle hooks
+    def on_train_start(self, model: nn.Module, ctx: TrainContext) -> None:
+        """Called once before the first step."""
+
+    def on_step_start(self, model: nn.Module, ctx: TrainContext) -> None:
+        """Called before each step's batch is drawn."""
+
+    def on_step_end(self, model: nn.Module, ctx: TrainContext) -> None:
+        """Called after each optimiser step."""
+
+    def eval_model(self, model: nn.Module) -> nn.Module:
+        """The network to evaluate (e.g. an EMA teacher); by default the trained one."""
+        return model
+
+    def predict(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """Class scores for a normalised batch; the prediction is their argmax."""
+        return model(x)
+
+
+def check_method_class(cls: Any, provider: str) -> None:
+    """Reject a malformed method class at discovery (a plugin author's error)."""
+    if not (isinstance(cls, type) and issubclass(cls, Method)):
+        raise TypeError(f"{provider}: ssl_bench_methods returned {cls!r}, which is not a Method subclass")
+    if not cls.name:
+        raise TypeError(f"{provider}: method class {cls.__name__} has no name")
+    try:
+        cls.params()
+    except TypeError as exc:
+        raise TypeError(f"{provider}: {exc}") from None
+
+
+__all__ = ["Batch", "Method", "TrainContext", "UserError"]

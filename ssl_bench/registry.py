@@ -1,0 +1,176 @@
+"""Plugin discovery: every installed distribution's ``ssl_bench`` entry points, through pluggy.
+
+Entry points are loaded one at a time so that one plugin failing to import (or failing inside
+a hook) marks only that plugin as broken: ``ssl-bench list`` still works and shows it, and a
+run that needs something it would have provided fails before training with its error.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import functools
+import importlib.metadata
+import traceback
+from pathlib import Path
+from typing import Any, Iterable
+
+import pluggy
+
+from . import hookspecs
+from .backbone import Backbone
+from .data import DatasetSpec
+from .errors import UserError
+from .method import Method, check_method_class
+
+KINDS = ("methods", "backbones", "datasets", "grids")
+
+
+@dataclasses.dataclass(frozen=True)
+class Provider:
+    """Where a contribution comes from: the distribution and the entry point."""
+
+    distribution: str
+    entry_point: str
+    module: str
+
+    def __str__(self) -> str:
+        return f"{self.distribution} (entry point {self.entry_point!r} -> {self.module})"
+
+
+@dataclasses.dataclass(frozen=True)
+class BrokenPlugin:
+    provider: Provider
+    error: str  # one line: exception type and message
+    details: str  # the traceback
+
+
+@dataclasses.dataclass(frozen=True)
+class GridSource:
+    name: str
+    path: Path
+
+
+@dataclasses.dataclass
+class Registry:
+    """Everything the installed plugins contribute, by kind and name, with providers."""
+
+    items: dict[str, dict[str, Any]]
+    providers: dict[str, dict[str, Provider]]
+    broken: list[BrokenPlugin]
+
+    # ------------------------------------------------------------------ lookup
+    def names(self, kind: str) -> list[str]:
+        return sorted(self.items[kind])
+
+    def method(self, name: str) -> type[Method]:
+        return self._get("methods", "method", name)
+
+    def dataset(self, name: str) -> DatasetSpec:
+        return self._get("datasets", "data set", name)
+
+    def grid(self, name: str) -> GridSource:
+        return self._get("grids", "grid", name)
+
+    def backbone(self, name: str) -> tuple[Backbone, str | None]:
+        """The backbone spec and, for a family such as ``timm:*``, the variant (``resnet18``)."""
+        if name in self.items["backbones"]:
+            return self.items["backbones"][name], None
+        for spec in self.items["backbones"].values():
+            prefix = spec.name[:-1]
+            if spec.is_family and name.startswith(prefix) and len(name) > len(prefix):
+                return spec, name[len(prefix):]
+        return self._get("backbones", "backbone", name), None
+
+    def _get(self, kind: str, label: str, name: str):
+        if name in self.items[kind]:
+            return self.items[kind][name]
+        known = self.names(kind)
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        msg = f"unknown {label} {name!r}.{hint} Installed: {', '.join(known) or 'none'}."
+        if self.broken:
+            msg += " Broken plugins (they may have provided it): " + "; ".join(
+                f"{b.provider.distribution}:{b.provider.entry_point}: {b.error}" for b in self.broken)
+        raise UserError(msg)
+
+
+def _entry_points() -> list[importlib.metadata.EntryPoint]:
+    eps = importlib.metadata.entry_points(group=hookspecs.ENTRY_POINT_GROUP)
+    # The same distribution can appear twice on sys.path (e.g. an editable install and a
+    # build directory); keep the first, as the import system would.
+    seen, unique = set(), []
+    for ep in eps:
+        key = (ep.dist.name if ep.dist else "", ep.name, ep.value)
+        if key not in seen:
+            seen.add(key)
+            unique.append(ep)
+    return unique
+
+
+def load_registry(extra_plugins: Iterable[tuple[str, Any]] = ()) -> Registry:
+    """Discover all plugins. ``extra_plugins`` are (name, module-or-object) pairs registered
+    as if they came from a distribution of that name (for embedding ssl-bench in a script)."""
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    broken: list[BrokenPlugin] = []
+    providers: dict[int, Provider] = {}
+
+    def fail(provider: Provider, exc: BaseException) -> None:
+        broken.append(BrokenPlugin(provider, f"{type(exc).__name__}: {exc}",
+                                   "".join(traceback.format_exception(exc))))
+
+    for ep in _entry_points():
+        provider = Provider(ep.dist.name if ep.dist else "?", ep.name, ep.value)
+        try:
+            plugin = ep.load()
+            pm.register(plugin, name=f"{provider.distribution}:{ep.name}")
+        except Exception as exc:  # a broken plugin must not break discovery
+            fail(provider, exc)
+            continue
+        providers[id(plugin)] = provider
+    for name, plugin in extra_plugins:
+        pm.register(plugin, name=name)
+        providers[id(plugin)] = Provider(name, name, getattr(plugin, "__name__", repr(plugin)))
+
+    items: dict[str, dict[str, Any]] = {k: {} for k in KINDS}
+    item_providers: dict[str, dict[str, Provider]] = {k: {} for k in KINDS}
+    for kind in KINDS:
+        hook = getattr(pm.hook, f"ssl_bench_{kind}")
+        for impl in hook.get_hookimpls():
+            provider = providers[id(impl.plugin)]
+            try:
+                contributed = [_check(kind, thing, provider) for thing in impl.function() or []]
+            except Exception as exc:
+                fail(provider, exc)
+                continue
+            for thing in contributed:
+                name = thing.name
+                if name in items[kind]:
+                    other = item_providers[kind][name]
+                    raise UserError(
+                        f"{kind[:-1]} name {name!r} is provided twice: by {other} and by {provider}. "
+                        f"Uninstall one of these distributions or rename the {kind[:-1]} in one of them.")
+                items[kind][name] = thing
+                item_providers[kind][name] = provider
+    return Registry(items, item_providers, broken)
+
+
+def _check(kind: str, thing: Any, provider: Provider) -> Any:
+    if kind == "methods":
+        check_method_class(thing, str(provider))
+    elif kind == "backbones" and not isinstance(thing, Backbone):
+        raise TypeError(f"ssl_bench_backbones returned {thing!r}, not an ssl_bench.Backbone")
+    elif kind == "datasets" and not isinstance(thing, DatasetSpec):
+        raise TypeError(f"ssl_bench_datasets returned {thing!r}, not an ssl_bench.DatasetSpec")
+    elif kind == "grids":
+        from .grid import grid_name_of_file
+
+        path = Path(thing)
+        return GridSource(grid_name_of_file(path), path)
+    return thing
+
+
+@functools.lru_cache(maxsize=1)
+def registry() -> Registry:
+    """The process-wide registry (discovered once)."""
+    return load_registry()

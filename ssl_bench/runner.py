@@ -1,0 +1,203 @@
+"""Running a grid: validate everything first, then train the runs not yet on disk.
+
+Order of work, so that bad input never costs a result:
+1. load and expand the grid, resolving every run (unknown names and keys fail here);
+2. load each data set once and check every run's counts against it; build each backbone
+   once to check its arguments;
+3. only then create the output directory and train, writing each run's row atomically.
+"""
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from . import __version__
+from .data import ImageDataset, check_counts
+from .engine import build_method, build_model, train_run
+from .errors import UserError
+from .grid import Grid, Run, load_grid, plugin_args
+from .params import Count
+from .protocol import PLUGIN_KEYS, PROTOCOL_PARAMS
+from .registry import Registry
+from . import results
+
+
+@dataclasses.dataclass
+class PreparedGrid:
+    grid: Grid
+    runs: list[Run]
+    datasets: dict[str, ImageDataset]  # by dataset key (see dataset_key)
+    schema: pa.Schema
+
+
+def find_grid(ref: str, registry: Registry) -> Path:
+    """A grid given by name (from the plugins) or by path to a TOML file."""
+    path = Path(ref)
+    if path.suffix == ".toml" or path.exists():
+        if not path.is_file():
+            raise UserError(f"grid file {ref} does not exist")
+        return path
+    return registry.grid(ref).path
+
+
+def dataset_key(config: dict) -> str:
+    return results.config_json({"name": config["dataset"], "args": plugin_args(config, "dataset")})
+
+
+def load_dataset(config: dict, registry: Registry, data_dir: Path) -> ImageDataset:
+    spec = registry.dataset(config["dataset"])
+    try:
+        return spec.load(data_dir, **plugin_args(config, "dataset"))
+    except UserError:
+        raise
+    except Exception as exc:
+        raise UserError(f"data set {config['dataset']!r} failed to load: {type(exc).__name__}: {exc}") from exc
+
+
+def prepare(ref: str, registry: Registry, *, overrides: dict[str, Any] | None = None,
+            data_dir: Path) -> PreparedGrid:
+    grid = load_grid(find_grid(ref, registry), overrides)
+    from .grid import expand
+
+    runs = expand(grid, registry)
+    if not runs:
+        raise UserError(f"grid {grid.name!r} expands to no runs (check [[exclude]])")
+    datasets: dict[str, ImageDataset] = {}
+    checked_models: set[str] = set()
+    for run in runs:
+        cfg = run.config
+        key = dataset_key(cfg)
+        if key not in datasets:
+            datasets[key] = load_dataset(cfg, registry, data_dir)
+        ds = datasets[key]
+        check_counts(ds.train_y.numpy(), ds.num_classes, n_labeled=cfg["n_labeled"], n_unlabeled=cfg["n_unlabeled"],
+                     overlap=cfg["unlabeled_overlap"], n_validation=cfg["n_validation"], dataset=cfg["dataset"])
+        model_key = results.config_json([cfg["backbone"], plugin_args(cfg, "backbone"), key])
+        if model_key not in checked_models:
+            checked_models.add(model_key)
+            try:
+                build_model(cfg, registry, ds)
+            except UserError:
+                raise
+            except Exception as exc:
+                raise UserError(f"backbone {cfg['backbone']!r} cannot be built with {plugin_args(cfg, 'backbone')} "
+                                f"for input {ds.input_shape}: {type(exc).__name__}: {exc}") from exc
+        build_method(cfg, registry)
+    for table in grid.tables:
+        for axis in (table.rows, table.columns, *table.where):
+            if not all(axis in run.flat() for run in runs):
+                raise UserError(f"grid {grid.name!r}: table {table.name!r} refers to {axis!r}, which is not a "
+                                f"setting of every run")
+    return PreparedGrid(grid, runs, datasets, row_schema(runs, registry))
+
+
+def row_schema(runs: list[Run], registry: Registry) -> pa.Schema:
+    """Core columns, then every protocol setting, then every plugin parameter of the grid."""
+    fields = dict(results.CORE_COLUMNS)
+    for p in PROTOCOL_PARAMS:
+        if p.name not in fields:
+            fields[p.name] = results.arrow_type(p)
+    for run in runs:
+        for key, section in PLUGIN_KEYS.items():
+            name = run.config[key]
+            params = (registry.method(name).params() if key == "method" else
+                      registry.backbone(name)[0].params if key == "backbone" else registry.dataset(name).params)
+            for p in params:
+                fields.setdefault(f"{section}.{name}.{p.name}", results.arrow_type(p))
+    return pa.schema(list(fields.items()))
+
+
+def parse_device(text: str) -> torch.device:
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise UserError(f"--device {text!r} is not a device; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {text}: CUDA is not available on this machine (torch {torch.__version__})")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UserError(f"--device {text}: only {torch.cuda.device_count()} CUDA device(s) visible")
+    elif device.type != "cpu":
+        raise UserError(f"--device {text!r}: only cpu and cuda devices are supported")
+    return device
+
+
+def make_row(run: Run, grid: str, outcome, device: torch.device, started, finished) -> dict[str, Any]:
+    cfg = run.config
+    row: dict[str, Any] = {k: v for k, v in run.flat().items() if not isinstance(v, dict)}
+    for p in PROTOCOL_PARAMS:  # a count setting of "all" is stored as its resolved number below
+        if p.type is Count:
+            row.pop(p.name, None)
+    subsets = outcome.subsets
+    row.update({
+        "run_id": run.run_id, "grid": grid, "status": outcome.status, "error": outcome.error,
+        "n_labeled": len(subsets.labeled) if subsets is not None else None,
+        "n_unlabeled": len(subsets.unlabeled) if subsets is not None else None,
+        "steps_done": outcome.steps_done, "wall_s": outcome.wall_s,
+        "ssl_bench_version": __version__, "torch_version": torch.__version__, "device": str(device),
+        "started_at": started, "finished_at": finished, "config": results.config_json(cfg),
+        **outcome.metrics, **(subsets.hashes() if subsets is not None else {}),
+    })
+    return row
+
+
+def describe_run(run: Run, keys: list[str]) -> str:
+    flat = run.flat()
+    return " ".join(f"{k.split('.')[-1]}={flat[k]}" for k in keys if k in flat)
+
+
+def run_grid(prepared: PreparedGrid, registry: Registry, *, out: Path, device: torch.device,
+             retry_failed: bool = False, log: Callable[[str], None] | None = None,
+             show_progress: bool | None = None) -> dict[str, int]:
+    """Train every run not yet finished in ``out``; returns counts by outcome."""
+    from tqdm import tqdm
+
+    grid = prepared.grid
+    log = log or (lambda msg: tqdm.write(msg, file=sys.stderr))
+    results.clean_stale_temporaries(out, grid.name)
+    done = results.existing_status(out, grid.name)
+    skip = {"ok", "diverged"} | (set() if retry_failed else {"failed"})
+    todo = [run for run in prepared.runs if done.get(run.run_id) not in skip]
+    counts = {"skipped": len(prepared.runs) - len(todo), "ok": 0, "diverged": 0, "failed": 0}
+    if counts["skipped"]:
+        log(f"{grid.name}: {counts['skipped']} of {len(prepared.runs)} runs already finished in {out / grid.name}")
+    if not todo:
+        return counts
+    keys = [k for k in grid.axis_keys if len({str(r.flat().get(k)) for r in prepared.runs}) > 1]
+    disable = None if show_progress is None else not show_progress
+    outer = tqdm(total=len(todo), desc=grid.name, unit="run", file=sys.stderr, disable=disable, position=0)
+    begun = time.perf_counter()
+    for i, run in enumerate(todo):
+        inner = tqdm(total=run.config["steps"], desc=run.run_id, unit="step", leave=False,
+                     file=sys.stderr, disable=disable, position=1)
+
+        def on_step(step: int, loss: float, err: float, _bar=inner) -> None:
+            _bar.update(1)
+            if step % 20 == 0:
+                _bar.set_postfix(loss=f"{loss:.3f}", err=f"{err:.2f}", refresh=False)
+
+        started = results.now()
+        outcome = train_run(run.config, registry, prepared.datasets[dataset_key(run.config)], device, on_step)
+        finished = results.now()
+        inner.close()
+        results.write_atomic(results.curves_table(run.run_id, outcome.curves),
+                             results.curves_dir(out, grid.name) / f"{run.run_id}.parquet")
+        row = make_row(run, grid.name, outcome, device, started, finished)
+        results.write_atomic(results.row_table(row, prepared.schema), results.runs_dir(out, grid.name) / f"{run.run_id}.parquet")
+        counts[outcome.status] += 1
+        outer.update(1)
+        elapsed = time.perf_counter() - begun
+        eta = elapsed / (i + 1) * (len(todo) - i - 1)
+        detail = f"test_error={outcome.metrics['test_error']:.2f}" if outcome.status == "ok" else outcome.error
+        log(f"[{i + 1}/{len(todo)}] {run.run_id} {describe_run(run, keys)}: {outcome.status} {detail} "
+            f"({outcome.wall_s:.1f}s, ETA {eta:.0f}s)")
+    outer.close()
+    return counts

@@ -1,0 +1,160 @@
+"""Paper-style tables from the results: one statistic (spread) per cell, optional paper numbers.
+
+Rows and columns are settings of the grid (e.g. n_labeled x n_unlabeled), in the grid's order.
+Only rows of the grid's current runs with status ``ok`` enter a cell; failed and diverged runs
+are counted in the footnote. Every table states its statistic and selection rule.
+
+Reference numbers are CSV files (``benchmarks/references/``) with the columns
+``table,row,column,value,spread,source``; ``--compare`` shows ours | paper | difference.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tabulate import tabulate
+
+from .errors import UserError
+from .grid import Run, TableSpec
+from .protocol import METRICS
+
+FORMATS = ("markdown", "latex", "csv", "html")
+MISSING = "—"
+
+
+def canon(value) -> str:
+    """A setting as a table key: 1, 1.0 and "1" are the same cell; "all" stays "all"."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    if math.isfinite(number) and number == int(number):
+        return str(int(number))
+    return repr(number)
+
+
+def load_reference(path: Path, table: str) -> dict[tuple[str, str], tuple[float, float]]:
+    if not path.exists():
+        raise UserError(f"reference file {path} (named by table {table!r}) does not exist")
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    need = {"table", "row", "column", "value"}
+    if not need <= set(frame.columns):
+        raise UserError(f"reference file {path} needs the columns {', '.join(sorted(need))}")
+    frame = frame[frame["table"] == table]
+    out = {}
+    for _, r in frame.iterrows():
+        spread = float(r["spread"]) if r.get("spread", "") not in ("", None) else float("nan")
+        out[(canon(r["row"]), canon(r["column"]))] = (float(r["value"]), spread)
+    return out
+
+
+def cell_values(spec: TableSpec, runs: list[Run], rows: pd.DataFrame):
+    """(row labels, column labels, {(row, col): array of metric values}, excluded-status counts)."""
+    selected = []
+    for run in runs:
+        flat = run.flat()
+        if all(canon(flat.get(k)) == canon(v) for k, v in spec.where.items()):
+            selected.append((run.run_id, canon(flat[spec.rows]), canon(flat[spec.columns])))
+    row_labels = list(dict.fromkeys(r for _, r, _ in selected))
+    col_labels = list(dict.fromkeys(c for _, _, c in selected))
+    by_id = rows.set_index("run_id") if len(rows) else None
+    cells: dict[tuple[str, str], list[float]] = {}
+    excluded: dict[str, int] = {}
+    for run_id, r, c in selected:
+        cells.setdefault((r, c), [])
+        if by_id is None or run_id not in by_id.index:
+            continue
+        row = by_id.loc[run_id]
+        if row["status"] != "ok":
+            excluded[row["status"]] = excluded.get(row["status"], 0) + 1
+            continue
+        value = row.get(spec.metric)
+        if value is not None and not pd.isna(value):
+            cells[(r, c)].append(float(value))
+    return row_labels, col_labels, {k: np.array(v) for k, v in cells.items()}, excluded
+
+
+def statistic(values: np.ndarray, spec: TableSpec) -> tuple[float, float]:
+    if len(values) == 0:
+        return float("nan"), float("nan")
+    centre = float(np.median(values) if spec.statistic == "median" else np.mean(values))
+    spread = float(np.std(values, ddof=1)) if spec.spread == "std" and len(values) > 1 else float("nan")
+    return centre, spread
+
+
+def format_cell(centre: float, spread: float, fmt: str, n: int | None = None) -> str:
+    if math.isnan(centre):
+        return MISSING
+    text = format(centre, fmt)
+    if not math.isnan(spread):
+        text += f" ({format(spread, fmt)})"
+    if n is not None:
+        text += f" [n={n}]"
+    return text
+
+
+def describe(spec: TableSpec, excluded: dict[str, int]) -> str:
+    stat = spec.statistic + (" (std, ddof=1)" if spec.spread == "std" else "")
+    text = f"Cells: {stat} over runs; {METRICS[spec.metric]}."
+    if excluded:
+        text += " Excluded: " + ", ".join(f"{n} {status}" for status, n in sorted(excluded.items())) + " run(s)."
+    return text
+
+
+def table_frame(spec: TableSpec, runs: list[Run], rows: pd.DataFrame, *, compare: bool = False,
+                show_n: bool = False) -> tuple[pd.DataFrame, str]:
+    """The table as a DataFrame of cell strings, and its description line."""
+    row_labels, col_labels, cells, excluded = cell_values(spec, runs, rows)
+    reference = {}
+    if compare:
+        if spec.reference is None:
+            raise UserError(f"table {spec.name!r} has no reference numbers (no `reference = ...` in its grid)")
+        reference = load_reference(spec.reference, spec.name)
+    body = []
+    for r in row_labels:
+        line = {}
+        for c in col_labels:
+            values = cells.get((r, c), np.array([]))
+            centre, spread = statistic(values, spec)
+            ours = format_cell(centre, spread, spec.format, len(values) if show_n else None)
+            if not compare:
+                line[c] = ours
+                continue
+            paper = reference.get((r, c))
+            line[f"{c} ours"] = ours
+            line[f"{c} paper"] = format_cell(*paper, spec.format) if paper else MISSING
+            line[f"{c} diff"] = (format(centre - paper[0], "+" + spec.format)
+                                 if paper and not math.isnan(centre) else MISSING)
+        body.append(line)
+    frame = pd.DataFrame(body, index=pd.Index(row_labels, name=f"{spec.rows} \\ {spec.columns}"))
+    return frame, describe(spec, excluded)
+
+
+def render(spec: TableSpec, runs: list[Run], rows: pd.DataFrame, fmt: str = "markdown", *,
+           compare: bool = False, show_n: bool = False) -> str:
+    if fmt not in FORMATS:
+        raise UserError(f"--format {fmt!r} unknown; one of {', '.join(FORMATS)}")
+    frame, note = table_frame(spec, runs, rows, compare=compare, show_n=show_n)
+    caption = f"{spec.caption} {note}".strip()
+    if fmt == "csv":
+        return frame.to_csv()
+    headers = [frame.index.name, *frame.columns]
+    data = [[idx, *vals] for idx, vals in zip(frame.index, frame.itertuples(index=False))]
+    if fmt == "markdown":
+        return f"**{spec.name}**: {caption}\n\n" + tabulate(data, headers, tablefmt="pipe", stralign="right")
+    if fmt == "html":
+        return f"<p><b>{spec.name}</b>: {caption}</p>\n" + tabulate(data, headers, tablefmt="html")
+    latex = tabulate([[str(v).replace(MISSING, "--") for v in line] for line in data], headers,
+                     tablefmt="latex_booktabs")
+    return ("\\begin{table}\n\\centering\n" + latex + f"\n\\caption{{{_latex_escape(caption)}}}\n"
+            f"\\label{{tab:{spec.name}}}\n\\end{{table}}")
+
+
+def _latex_escape(text: str) -> str:
+    for a, b in (("\\", "\\textbackslash{}"), ("%", "\\%"), ("&", "\\&"), ("_", "\\_"), ("#", "\\#")):
+        text = text.replace(a, b)
+    return text
