@@ -49,13 +49,14 @@ def cmd_list(args) -> int:
     return 0
 
 
-def _prepare(args):
+def _prepare(args, data: str = "required"):
     from .data import default_data_dir
     from .registry import registry
     from .runner import prepare
 
     reg = registry()
-    return reg, prepare(args.grid, reg, overrides=_parse_sets(args.set), data_dir=default_data_dir(args.data_dir))
+    return reg, prepare(args.grid, reg, overrides=_parse_sets(args.set), data_dir=default_data_dir(args.data_dir),
+                        data=data)
 
 
 def _print_tables(prepared, out: Path, fmt: str = "markdown", compare: bool = False, show_n: bool = False,
@@ -79,7 +80,7 @@ def cmd_run(args) -> int:
     from .runner import describe_run, parse_device, run_grid
 
     device = parse_device(args.device)
-    reg, prepared = _prepare(args)
+    reg, prepared = _prepare(args, data="optional" if args.dry_run else "required")
     if args.dry_run:
         keys = prepared.grid.axis_keys
         for run in prepared.runs:
@@ -96,7 +97,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_table(args) -> int:
-    _, prepared = _prepare(args)
+    _, prepared = _prepare(args, data="skip")
     _print_tables(prepared, Path(args.out), args.format, args.compare, args.show_n, args.table)
     return 0
 
@@ -191,6 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"ssl-bench: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("ssl-bench: interrupted; finished runs are saved, rerun the same command to resume", file=sys.stderr)
         return 130

@@ -23,7 +23,7 @@ from . import __version__
 from .data import ImageDataset, check_counts
 from .engine import build_method, build_model, train_run
 from .errors import UserError
-from .grid import Grid, Run, load_grid, plugin_args
+from .grid import Grid, Run, expand, load_grid, plugin_args
 from .params import Count
 from .protocol import PLUGIN_KEYS, PROTOCOL_PARAMS
 from .registry import Registry
@@ -63,20 +63,46 @@ def load_dataset(config: dict, registry: Registry, data_dir: Path) -> ImageDatas
 
 
 def prepare(ref: str, registry: Registry, *, overrides: dict[str, Any] | None = None,
-            data_dir: Path) -> PreparedGrid:
+            data_dir: Path, data: str = "required", warn: Callable[[str], None] | None = None) -> PreparedGrid:
+    """Load, expand and validate a grid. ``data``: "required" loads every data set and checks
+    each run against it (for training); "optional" does so where the data set loads and warns
+    otherwise (for --dry-run); "skip" never touches data (for tables)."""
     grid = load_grid(find_grid(ref, registry), overrides)
-    from .grid import expand
-
     runs = expand(grid, registry)
     if not runs:
         raise UserError(f"grid {grid.name!r} expands to no runs (check [[exclude]])")
-    datasets: dict[str, ImageDataset] = {}
+    for table in grid.tables:
+        for axis in (table.rows, table.columns, *table.where):
+            if not all(axis in run.flat() for run in runs):
+                raise UserError(f"grid {grid.name!r}: table {table.name!r} refers to {axis!r}, which is not a "
+                                f"setting of every run")
+    prepared = PreparedGrid(grid, runs, {}, row_schema(runs, registry))
+    if data != "skip":
+        check_against_data(prepared, registry, data_dir, optional=data == "optional",
+                           warn=warn or (lambda msg: print(msg, file=sys.stderr)))
+    return prepared
+
+
+def check_against_data(prepared: PreparedGrid, registry: Registry, data_dir: Path, *, optional: bool,
+                       warn: Callable[[str], None]) -> None:
+    """Load each data set once; check every run's counts, backbone arguments and method."""
+    datasets = prepared.datasets
+    unavailable: set[str] = set()
     checked_models: set[str] = set()
-    for run in runs:
+    for run in prepared.runs:
         cfg = run.config
         key = dataset_key(cfg)
+        if key in unavailable:
+            continue
         if key not in datasets:
-            datasets[key] = load_dataset(cfg, registry, data_dir)
+            try:
+                datasets[key] = load_dataset(cfg, registry, data_dir)
+            except UserError as exc:
+                if not optional:
+                    raise
+                unavailable.add(key)
+                warn(f"note: counts not checked against data set {cfg['dataset']!r}: {exc}")
+                continue
         ds = datasets[key]
         check_counts(ds.train_y.numpy(), ds.num_classes, n_labeled=cfg["n_labeled"], n_unlabeled=cfg["n_unlabeled"],
                      overlap=cfg["unlabeled_overlap"], n_validation=cfg["n_validation"], dataset=cfg["dataset"])
@@ -91,12 +117,6 @@ def prepare(ref: str, registry: Registry, *, overrides: dict[str, Any] | None = 
                 raise UserError(f"backbone {cfg['backbone']!r} cannot be built with {plugin_args(cfg, 'backbone')} "
                                 f"for input {ds.input_shape}: {type(exc).__name__}: {exc}") from exc
         build_method(cfg, registry)
-    for table in grid.tables:
-        for axis in (table.rows, table.columns, *table.where):
-            if not all(axis in run.flat() for run in runs):
-                raise UserError(f"grid {grid.name!r}: table {table.name!r} refers to {axis!r}, which is not a "
-                                f"setting of every run")
-    return PreparedGrid(grid, runs, datasets, row_schema(runs, registry))
 
 
 def row_schema(runs: list[Run], registry: Registry) -> pa.Schema:
