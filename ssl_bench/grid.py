@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import hashlib
 import itertools
 import json
@@ -220,7 +221,9 @@ def _check_key(key: str, label: str) -> None:
         return
     if len(parts) == 3 and parts[0] in PLUGIN_KEYS.values():
         return
-    raise UserError(f"{label}: unknown setting {key!r}. Settings are the protocol keys "
+    close = difflib.get_close_matches(key, sorted(_PROTOCOL_KEYS | set(PLUGIN_KEYS)), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise UserError(f"{label}: unknown setting {key!r}{hint}. Settings are the protocol keys "
                     f"({', '.join(sorted(_PROTOCOL_KEYS))}), method/backbone/dataset, and plugin "
                     f"parameters as methods.NAME.KEY, backbones.NAME.KEY or datasets.NAME.KEY")
 
@@ -256,15 +259,28 @@ def expand(grid: Grid, registry) -> list[Run]:
         flat = dict(grid.base)
         for assignment in combo:
             flat.update(assignment)
-        if any(all(flat.get(k) == v for k, v in ex.items()) for ex in grid.excludes):
+        if _excluded(flat, grid.excludes):  # before resolving: an excluded combination may be invalid
             continue
         config = resolve(flat, registry)
+        if _excluded(flatten(config), grid.excludes):  # a key left at its default matches too
+            continue
         run_id = run_id_of(config)
         if run_id in ids:
             continue  # two axis combinations that resolve to the same run (e.g. via zip)
         ids.add(run_id)
         runs.append(Run(run_id, config))
     return runs
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Setting equality for [[exclude]]: 1 == 1.0, but true is not 1."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    return a == b
+
+
+def _excluded(settings: dict[str, Any], excludes: list[dict]) -> bool:
+    return any(all(k in settings and _same(settings[k], v) for k, v in ex.items()) for ex in excludes)
 
 
 def resolve(flat: dict[str, Any], registry) -> dict:
