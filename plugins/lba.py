@@ -14,7 +14,6 @@ With no unlabeled data (the "0" column of Table 3) only L_classification is acti
 """
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 
 from ssl_bench import Method, hookimpl, hyperparameter
@@ -32,9 +31,9 @@ class LearningByAssociation(Method):
     def loss_terms(self, batch, model, ctx):
         if batch.x_unlabeled is None:
             return {"classification": F.cross_entropy(model(batch.x_labeled), batch.y_labeled)}
-        n = len(batch.x_labeled)
-        embeddings = model.embed(torch.cat([batch.x_labeled, batch.x_unlabeled]))
-        a, b = embeddings[:n], embeddings[n:]
+        # Two forward passes, as in the reference code: with batch norm in the backbone (timm
+        # models) each batch is normalised by its own statistics.
+        a, b = model.embed(batch.x_labeled), model.embed(batch.x_unlabeled)
         association = associate(a, b, batch.y_labeled, self.log_epsilon)
         return {
             "classification": F.cross_entropy(model.head(a), batch.y_labeled),
