@@ -4,6 +4,8 @@ The public API for plugin authors::
 
     from ssl_bench import hookimpl, Method, Batch, TrainContext, hyperparameter
     from ssl_bench import Backbone, DatasetSpec, ImageDataset, UserError
+
+and for reading results: ``ssl_bench.read_runs(out, grid)``, ``ssl_bench.read_curves(out, grid)``.
 """
 __version__ = "0.1.0"
 
@@ -13,6 +15,7 @@ from .params import ALL, Count, hyperparameter
 from .method import Batch, Method, TrainContext
 from .backbone import Backbone, Classifier
 from .data import DatasetSpec, ImageDataset
+from .results import read_curves, read_runs
 
 __all__ = ["__version__", "hookimpl", "hookspec", "UserError", "ALL", "Count", "hyperparameter", "Batch", "Method",
-           "TrainContext", "Backbone", "Classifier", "DatasetSpec", "ImageDataset"]
+           "TrainContext", "Backbone", "Classifier", "DatasetSpec", "ImageDataset", "read_runs", "read_curves"]

@@ -118,7 +118,7 @@ def cmd_show(args) -> int:
     with pd.option_context("display.max_rows", None, "display.max_colwidth", 120):
         print(row.drop(labels=["config"]).to_string())
         print(f"config\t{row['config']}")
-        curves = read_curves(out, path.parent.parent.name, path.stem)
+        curves = read_curves(out, path.parent.parent.name, run_id=path.stem)
         if len(curves):
             print("\ncurve:")
             print(curves.drop(columns=["run_id"]).to_string(index=False))

@@ -132,11 +132,11 @@ def train_run(config: dict, registry, dataset: ImageDataset, device: torch.devic
 
             running["loss"] = running.get("loss", 0.0) + loss_value
             for name, value in terms.items():
-                running[f"loss_{name}"] = running.get(f"loss_{name}", 0.0) + value.item()
+                running[name] = running.get(name, 0.0) + value.item()
             n_running += 1
             if (step + 1) % config["eval_every"] == 0 or step + 1 == config["steps"]:
-                point = {"step": step + 1, "lr": optimizer.param_groups[0]["lr"]}
-                point.update({k: v / n_running for k, v in running.items()})
+                point = {"step": step + 1, "lr": optimizer.param_groups[0]["lr"], "loss": running.pop("loss") / n_running,
+                         "loss_terms": {k: v / n_running for k, v in running.items()}}
                 for split, (x, y) in data.eval_sets().items():
                     key = "test_error" if split == "test" else "val_error"
                     point[key] = error_rate(method, model, data, x, y)

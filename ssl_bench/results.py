@@ -70,23 +70,73 @@ def row_table(row: dict[str, Any], schema: pa.Schema) -> pa.Table:
     return pa.Table.from_pylist([{name: row.get(name) for name in schema.names}], schema=schema)
 
 
+#: one schema for every curve file, so the curves folder reads as one table; the method's
+#: named loss terms (mean over the steps since the last evaluation) are a map column
+CURVE_SCHEMA = pa.schema([
+    ("run_id", pa.string()), ("step", pa.int64()), ("lr", pa.float64()), ("loss", pa.float64()),
+    ("test_error", pa.float64()), ("val_error", pa.float64()), ("loss_terms", pa.map_(pa.string(), pa.float64())),
+])
+
+
 def curves_table(run_id: str, curves: list[dict]) -> pa.Table:
-    frame = pd.DataFrame(curves or [{"step": 0}])
-    if not curves:
-        frame = frame.iloc[:0]
-    frame.insert(0, "run_id", run_id)
-    return pa.Table.from_pandas(frame, preserve_index=False)
+    rows = [{"run_id": run_id, "step": c["step"], "lr": c.get("lr"), "loss": c.get("loss"),
+             "test_error": c.get("test_error"), "val_error": c.get("val_error"),
+             "loss_terms": sorted(c.get("loss_terms", {}).items())} for c in curves]
+    return pa.Table.from_pylist(rows, schema=CURVE_SCHEMA)
+
+
+def harmonise_schema(out: Path, grid: str, schema: pa.Schema) -> pa.Schema:
+    """The schema for new rows: ``schema`` merged with that of the rows already on disk. Older
+    files lacking a column (e.g. a grid first run for one method, then for another) are
+    rewritten, atomically, with the merged schema, so ``pandas.read_parquet`` of the folder
+    always sees every column whichever file it reads first."""
+    directory = runs_dir(out, grid)
+    files = sorted(p for p in directory.glob("*.parquet") if not p.name.startswith(".")) if directory.is_dir() else []
+    existing = {p: pq.read_schema(p).remove_metadata() for p in files}
+    try:
+        merged = pa.unify_schemas([schema, *existing.values()])
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        from .errors import UserError
+
+        raise UserError(f"results in {directory} have columns of another type than this version writes "
+                        f"({exc}); use another --out directory") from None
+    for path, file_schema in existing.items():
+        if not file_schema.equals(merged):
+            table = pq.read_table(path)
+            columns = [table.column(f.name).cast(f.type) if f.name in table.column_names
+                       else pa.nulls(len(table), f.type) for f in merged]
+            write_atomic(pa.Table.from_arrays(columns, schema=merged), path)
+    return merged
 
 
 def clean_stale_temporaries(out: Path, grid: str) -> int:
-    """Remove temporary files left by a killed process (they were never renamed into place)."""
+    """Remove temporary files left by a killed process (they were never renamed into place).
+    A temporary of a process that is still alive (another runner on the same grid) is kept."""
     removed = 0
     for directory in (runs_dir(out, grid), curves_dir(out, grid)):
         if directory.is_dir():
             for tmp in directory.glob(".*.tmp"):
+                if _writer_alive(tmp):
+                    continue
                 tmp.unlink(missing_ok=True)
                 removed += 1
     return removed
+
+
+def _writer_alive(tmp: Path) -> bool:
+    try:
+        pid = int(tmp.name.rsplit(".", 2)[-2])
+    except (ValueError, IndexError):
+        return False
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def existing_status(out: Path, grid: str) -> dict[str, str]:
@@ -111,9 +161,17 @@ def read_runs(out: Path, grid: str) -> pd.DataFrame:
     return pd.concat([pq.read_table(p).to_pandas() for p in files], ignore_index=True)
 
 
-def read_curves(out: Path, grid: str, run_id: str) -> pd.DataFrame:
-    path = curves_dir(out, grid) / f"{run_id}.parquet"
-    return pq.read_table(path).to_pandas() if path.exists() else pd.DataFrame()
+def read_curves(out: Path, grid: str, run_id: str | None = None) -> pd.DataFrame:
+    """A grid's evaluation curves (or one run's) with the loss terms as ``loss_<name>`` columns."""
+    directory = curves_dir(out, grid)
+    files = [directory / f"{run_id}.parquet"] if run_id else sorted(
+        p for p in directory.glob("*.parquet") if not p.name.startswith("."))
+    files = [p for p in files if p.exists()]
+    if not files:
+        return pd.DataFrame(columns=CURVE_SCHEMA.names)
+    frame = pa.concat_tables([pq.read_table(p) for p in files]).to_pandas()
+    terms = pd.DataFrame([dict(t) if t is not None else {} for t in frame.pop("loss_terms")], index=frame.index)
+    return frame.join(terms.add_prefix("loss_"))
 
 
 def now() -> dt.datetime:

@@ -159,8 +159,9 @@ def make_row(run: Run, grid: str, outcome, device: torch.device, started, finish
     subsets = outcome.subsets
     row.update({
         "run_id": run.run_id, "grid": grid, "status": outcome.status, "error": outcome.error,
-        "n_labeled": len(subsets.labeled) if subsets is not None else None,
-        "n_unlabeled": len(subsets.unlabeled) if subsets is not None else None,
+        # a count of "all" is stored as the number it meant (unknown if the run failed first)
+        "n_labeled": len(subsets.labeled) if subsets is not None else _count(cfg["n_labeled"]),
+        "n_unlabeled": len(subsets.unlabeled) if subsets is not None else _count(cfg["n_unlabeled"]),
         "steps_done": outcome.steps_done, "wall_s": outcome.wall_s,
         "ssl_bench_version": __version__, "torch_version": torch.__version__, "device": str(device),
         "started_at": started, "finished_at": finished, "config": results.config_json(cfg),
@@ -169,9 +170,13 @@ def make_row(run: Run, grid: str, outcome, device: torch.device, started, finish
     return row
 
 
+def _count(value) -> int | None:
+    return None if value == "all" else value
+
+
 def describe_run(run: Run, keys: list[str]) -> str:
     flat = run.flat()
-    return " ".join(f"{k.split('.')[-1]}={flat[k]}" for k in keys if k in flat)
+    return " ".join(f"{k.split('.')[-1]}={flat[k]}" for k in keys if k in flat) or run.config["method"]
 
 
 def run_grid(prepared: PreparedGrid, registry: Registry, *, out: Path, device: torch.device,
@@ -183,6 +188,7 @@ def run_grid(prepared: PreparedGrid, registry: Registry, *, out: Path, device: t
     grid = prepared.grid
     log = log or (lambda msg: tqdm.write(msg, file=sys.stderr))
     results.clean_stale_temporaries(out, grid.name)
+    schema = results.harmonise_schema(out, grid.name, prepared.schema)
     done = results.existing_status(out, grid.name)
     skip = {"ok", "diverged"} | (set() if retry_failed else {"failed"})
     todo = [run for run in prepared.runs if done.get(run.run_id) not in skip]
@@ -211,7 +217,7 @@ def run_grid(prepared: PreparedGrid, registry: Registry, *, out: Path, device: t
         results.write_atomic(results.curves_table(run.run_id, outcome.curves),
                              results.curves_dir(out, grid.name) / f"{run.run_id}.parquet")
         row = make_row(run, grid.name, outcome, device, started, finished)
-        results.write_atomic(results.row_table(row, prepared.schema), results.runs_dir(out, grid.name) / f"{run.run_id}.parquet")
+        results.write_atomic(results.row_table(row, schema), results.runs_dir(out, grid.name) / f"{run.run_id}.parquet")
         counts[outcome.status] += 1
         outer.update(1)
         elapsed = time.perf_counter() - begun

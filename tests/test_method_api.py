@@ -138,4 +138,5 @@ def test_unlabeled_batches_are_skipped_for_supervised(registry):
     outcome = train_run(config, registry, load_digits(None), torch.device("cpu"))
     assert outcome.status == "ok"
     assert outcome.subsets is not None and len(outcome.subsets.unlabeled) == 50
-    assert set(outcome.curves[0]) >= {"step", "lr", "loss", "loss_classification", "test_error"}
+    assert set(outcome.curves[0]) >= {"step", "lr", "loss", "loss_terms", "test_error"}
+    assert set(outcome.curves[0]["loss_terms"]) == {"classification"}
