@@ -71,9 +71,8 @@ def _print_tables(prepared, out: Path, fmt: str = "markdown", compare: bool = Fa
                         f"{', '.join(t.name for t in prepared.grid.tables) or 'none'}")
     if not tables:
         print(f"(grid {prepared.grid.name!r} declares no tables)")
-    for spec in tables:
-        print(render(spec, prepared.runs, rows, fmt, compare=compare, show_n=show_n))
-        print()
+    rendered = [render(spec, prepared.runs, rows, fmt, compare=compare, show_n=show_n) for spec in tables]
+    print("\n\n".join(rendered))  # all or nothing: a failing table prints none
 
 
 def cmd_run(args) -> int:
@@ -139,8 +138,15 @@ def cmd_data(args) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with usage errors in the same one-line form as every other user error."""
+
+    def error(self, message: str):
+        self.exit(2, f"ssl-bench: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ssl-bench", description="Seeded semi-supervised learning benchmarks.")
+    parser = _Parser(prog="ssl-bench", description="Seeded semi-supervised learning benchmarks.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("list", help="list installed methods, backbones, data sets, grids (and broken plugins)")

@@ -41,7 +41,7 @@ class PreparedGrid:
 def find_grid(ref: str, registry: Registry) -> Path:
     """A grid given by name (from the plugins) or by path to a TOML file."""
     path = Path(ref)
-    if path.suffix == ".toml" or path.exists():
+    if path.suffix == ".toml" or path.exists() or "/" in ref or "\\" in ref:
         if not path.is_file():
             raise UserError(f"grid file {ref} does not exist")
         return path

@@ -9,6 +9,7 @@ Reference numbers are CSV files (``benchmarks/references/``) with the columns
 """
 from __future__ import annotations
 
+import html
 import math
 from pathlib import Path
 
@@ -140,21 +141,25 @@ def render(spec: TableSpec, runs: list[Run], rows: pd.DataFrame, fmt: str = "mar
         raise UserError(f"--format {fmt!r} unknown; one of {', '.join(FORMATS)}")
     frame, note = table_frame(spec, runs, rows, compare=compare, show_n=show_n)
     caption = f"{spec.caption} {note}".strip()
-    if fmt == "csv":
-        return frame.to_csv()
+    if fmt == "csv":  # the description as a comment line: pd.read_csv(..., comment="#") skips it
+        return f"# {spec.name}: {caption}\n" + frame.to_csv()
     headers = [frame.index.name, *frame.columns]
     data = [[idx, *vals] for idx, vals in zip(frame.index, frame.itertuples(index=False))]
     if fmt == "markdown":
-        return f"**{spec.name}**: {caption}\n\n" + tabulate(data, headers, tablefmt="pipe", stralign="right")
+        return f"**{spec.name}**: {caption}\n\n" + tabulate(data, headers, tablefmt="pipe", stralign="right",
+                                                          disable_numparse=True)
     if fmt == "html":
-        return f"<p><b>{spec.name}</b>: {caption}</p>\n" + tabulate(data, headers, tablefmt="html")
+        return (f"<p><b>{html.escape(spec.name)}</b>: {html.escape(caption)}</p>\n"
+                + tabulate(data, headers, tablefmt="html", disable_numparse=True))
     latex = tabulate([[str(v).replace(MISSING, "--") for v in line] for line in data], headers,
-                     tablefmt="latex_booktabs")
+                     tablefmt="latex_booktabs", disable_numparse=True)
     return ("\\begin{table}\n\\centering\n" + latex + f"\n\\caption{{{_latex_escape(caption)}}}\n"
             f"\\label{{tab:{spec.name}}}\n\\end{{table}}")
 
 
+_LATEX = {"\\": r"\textbackslash{}", "%": r"\%", "&": r"\&", "_": r"\_", "#": r"\#", "$": r"\$",
+          "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
 def _latex_escape(text: str) -> str:
-    for a, b in (("\\", "\\textbackslash{}"), ("%", "\\%"), ("&", "\\&"), ("_", "\\_"), ("#", "\\#")):
-        text = text.replace(a, b)
-    return text
+    return "".join(_LATEX.get(ch, ch) for ch in text)
