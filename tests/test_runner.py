@@ -112,10 +112,13 @@ def test_resume_after_sigkill(tmp_path):
         finished_before[path.stem] = row["finished_at"].iloc[0]
         digests_before[path.stem] = file_digest(path)
 
-    # A temporary file of a process killed while writing: never renamed into place.
-    stale_run = runs_of(out, "tiny") / ".0123456789ab.parquet.4242.tmp"
+    # A temporary file of a process killed while writing: never renamed into place. Its name
+    # carries the writer's pid, which must be a dead process's (a live writer's file is kept).
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale_run = runs_of(out, "tiny") / f".0123456789ab.parquet.{dead.pid}.tmp"
     stale_run.write_bytes(b"PAR1 half a parquet file")
-    stale_curve = curves_of(out, "tiny") / ".0123456789ab.parquet.4242.tmp"
+    stale_curve = curves_of(out, "tiny") / f".0123456789ab.parquet.{dead.pid}.tmp"
     stale_curve.parent.mkdir(parents=True, exist_ok=True)
     stale_curve.write_bytes(b"garbage")
 
@@ -503,3 +506,24 @@ def test_curves_of_a_mixed_grid_read_as_one_table(tmp_path, plugin_path):
     assert {"step", "test_error", "loss", "loss_walker", "loss_visit", "loss_classification"} <= set(wide.columns)
     assert len(wide) == len(curves)
     assert len(curves) == 2 * 2  # the diverged run has no evaluation; the others two each
+
+
+def test_temporary_of_a_live_writer_is_kept(tmp_path):
+    """Two runners on one grid: the second must not delete the first's file in flight."""
+    from ssl_bench import results
+
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        runs = results.runs_dir(tmp_path, "g")
+        runs.mkdir(parents=True)
+        mine = runs / f".abc.parquet.{live.pid}.tmp"
+        mine.write_bytes(b"in flight")
+        dead = subprocess.Popen([sys.executable, "-c", "pass"])
+        dead.wait()
+        stale = runs / f".def.parquet.{dead.pid}.tmp"
+        stale.write_bytes(b"stale")
+        assert results.clean_stale_temporaries(tmp_path, "g") == 1
+        assert mine.exists() and not stale.exists()
+    finally:
+        live.kill()
+        live.wait()
