@@ -11,11 +11,9 @@ from __future__ import annotations
 import dataclasses
 import sys
 import time
-import traceback
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import pyarrow as pa
 import torch
 

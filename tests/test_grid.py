@@ -6,7 +6,6 @@ import datetime
 import math
 import textwrap
 import tomllib
-from pathlib import Path
 
 import pytest
 

@@ -286,7 +286,7 @@ def test_show_prints_row_and_curve(finished):
 
 # ---------------------------------------------------------------------------- determinism
 def test_same_run_twice_on_cpu_is_identical(tmp_path):
-    grid = write_grid(tmp_path, f"""
+    grid = write_grid(tmp_path, """
         name = "det"
         [base]
         dataset = "digits"

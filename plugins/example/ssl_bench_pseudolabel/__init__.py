@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 import torch.nn.functional as F
 
 from ssl_bench import Method, hookimpl, hyperparameter
