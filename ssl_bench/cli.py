@@ -55,8 +55,8 @@ def _prepare(args, data: str = "required"):
     from .runner import prepare
 
     reg = registry()
-    return reg, prepare(args.grid, reg, overrides=_parse_sets(args.set), data_dir=default_data_dir(args.data_dir),
-                        data=data)
+    return reg, prepare(args.grid, reg, overrides=_parse_sets(args.set), smoke=args.smoke,
+                        data_dir=default_data_dir(args.data_dir), data=data)
 
 
 def _print_tables(prepared, out: Path, fmt: str = "markdown", compare: bool = False, show_n: bool = False,
@@ -160,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--set", action="append", metavar="KEY=VALUE", default=[],
                        help="override a setting for every run, e.g. --set steps=100 --set methods.lba.visit_weight=0.5")
         p.add_argument("--data-dir", help="data root (default: $SSL_BENCH_DATA, then ~/.cache/ssl-bench)")
+        p.add_argument("--smoke", action="store_true",
+                       help="scale-down check: 2 steps, first seed only, plus the grid's [smoke] settings")
 
     p = sub.add_parser("run", help="run every unfinished run of a grid, then print its tables")
     grid_args(p)

@@ -31,6 +31,10 @@ class ImageDataset:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     description: str = ""
+    #: the data set's standard training augmentation, used when a run sets ``augment = true``:
+    #: ``augment(x, generator)`` maps a float batch N x C x H x W in [0, 1] on the training device
+    #: to an augmented batch of the same shape, drawing all randomness from ``generator``
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None
 
     def __post_init__(self):
         for split in ("train", "test"):
@@ -160,8 +164,10 @@ class DeviceData:
     """A run's data on the training device: uint8 images, labels, and samplers that gather
     batches by index with a device-side generator (seeded from the run seed)."""
 
-    def __init__(self, dataset: ImageDataset, subsets: Subsets, device: torch.device, seed: int):
+    def __init__(self, dataset: ImageDataset, subsets: Subsets, device: torch.device, seed: int,
+                 augment: bool = False):
         self.device = device
+        self.augment = dataset.augment if augment else None
         self.num_classes = dataset.num_classes
         self.mean = torch.tensor(dataset.mean, device=device).view(1, -1, 1, 1)
         self.std = torch.tensor(dataset.std, device=device).view(1, -1, 1, 1)
@@ -185,6 +191,13 @@ class DeviceData:
     def normalise(self, x_uint8: torch.Tensor) -> torch.Tensor:
         return (x_uint8.float().div_(255.0) - self.mean) / self.std
 
+    def training_batch(self, idx: torch.Tensor) -> torch.Tensor:
+        """Training images ``idx``: scaled to [0, 1], augmented if the run asks for it, normalised."""
+        x = self.train_x[idx].float().div_(255.0)
+        if self.augment is not None:
+            x = self.augment(x, self.generator)
+        return (x - self.mean) / self.std
+
     def labeled_batch(self, per_class: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``per_class`` samples of every class that has labeled samples, class-balanced.
 
@@ -197,14 +210,14 @@ class DeviceData:
         slot = torch.arange(per_class, device=self.device)
         pos = self.class_starts[present, None] + slot[None, :] % self.class_sizes[present, None]
         idx = shuffled[pos.reshape(-1)]
-        return self.normalise(self.train_x[idx]), self.train_y[idx]
+        return self.training_batch(idx), self.train_y[idx]
 
     def unlabeled_batch(self, size: int) -> torch.Tensor | None:
         """``size`` samples drawn uniformly (with replacement) from the unlabeled set."""
         if len(self.unlabeled) == 0 or size == 0:
             return None
         pick = torch.randint(len(self.unlabeled), (size,), generator=self.generator, device=self.device)
-        return self.normalise(self.train_x[self.unlabeled[pick]])
+        return self.training_batch(self.unlabeled[pick])
 
     def eval_sets(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         sets = {"test": (self.test_x, self.test_y)}

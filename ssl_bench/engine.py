@@ -97,7 +97,7 @@ def train_run(config: dict, registry, dataset: ImageDataset, device: torch.devic
         torch.manual_seed(seed)
         model = build_model(config, registry, dataset).to(device)
         method = build_method(config, registry)
-        data = DeviceData(dataset, subsets, device, seed)
+        data = DeviceData(dataset, subsets, device, seed, augment=config["augment"])
         ctx = TrainContext(step=0, steps=config["steps"], num_classes=dataset.num_classes,
                            device=device, data=data, generator=data.generator)
         optimizer = make_optimizer(model, config)

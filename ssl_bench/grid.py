@@ -63,7 +63,9 @@ from .errors import UserError
 from .params import Param, validate
 from .protocol import METRICS, PLUGIN_KEYS, PROTOCOL_PARAMS
 
-TOP_KEYS = {"name", "description", "base", "axes", "zip", "exclude", "table"}
+TOP_KEYS = {"name", "description", "base", "axes", "zip", "exclude", "table", "smoke"}
+#: what --smoke sets, before the grid's own [smoke] table and the user's --set options
+SMOKE_DEFAULTS = {"steps": 2, "eval_every": 1}
 TABLE_KEYS = {"name", "rows", "columns", "metric", "statistic", "spread", "format", "caption", "where", "reference"}
 
 
@@ -142,7 +144,7 @@ def parse_value(text: str) -> Any:
         return text
 
 
-def load_grid(path: Path, overrides: dict[str, Any] | None = None) -> Grid:
+def load_grid(path: Path, overrides: dict[str, Any] | None = None, smoke: bool = False) -> Grid:
     path = Path(path)
     try:
         doc = tomllib.loads(path.read_text())
@@ -150,10 +152,22 @@ def load_grid(path: Path, overrides: dict[str, Any] | None = None) -> Grid:
         raise UserError(f"grid file {path} is not valid TOML: {exc}") from None
     except OSError as exc:
         raise UserError(f"cannot read grid file {path}: {exc.strerror}") from None
-    return parse_grid(doc, path=path, overrides=overrides)
+    return parse_grid(doc, path=path, overrides=overrides, smoke=smoke)
 
 
-def parse_grid(doc: dict, path: Path | None = None, overrides: dict[str, Any] | None = None) -> Grid:
+def smoke_overrides(doc: dict, where: str) -> dict[str, Any]:
+    """--smoke: every run of the grid end to end in seconds (2 steps, the first seed only, plus
+    the grid's own ``[smoke]`` settings), keeping the grid's shape and tables."""
+    settings = dict(SMOKE_DEFAULTS)
+    seeds = doc.get("axes", {}).get("seed") if isinstance(doc.get("axes"), dict) else None
+    if isinstance(seeds, list) and seeds:
+        settings["seed"] = seeds[0]
+    settings.update(flatten(_table(doc, "smoke", where)))
+    return settings
+
+
+def parse_grid(doc: dict, path: Path | None = None, overrides: dict[str, Any] | None = None,
+               smoke: bool = False) -> Grid:
     where = f"grid {path}" if path else "grid"
     unknown = set(doc) - TOP_KEYS
     if unknown:
@@ -183,6 +197,8 @@ def parse_grid(doc: dict, path: Path | None = None, overrides: dict[str, Any] | 
             seen.add(key)
     excludes = [flatten(e) for e in _tables(doc, "exclude", where)]
 
+    if smoke:
+        overrides = {**smoke_overrides(doc, where), **(overrides or {})}
     for key, value in (overrides or {}).items():
         _check_key(key, f"--set {key}")
         # An override fixes the key for every run: it replaces a swept axis too.

@@ -36,6 +36,7 @@ class Protocol:
     lr: float = hyperparameter(1e-3, gt=0, help="initial learning rate")
     lr_decay_every: int = hyperparameter(0, ge=0, help="multiply the lr by lr_decay_factor every this many steps (0: never)")
     lr_decay_factor: float = hyperparameter(0.33, gt=0, le=1)
+    augment: bool = hyperparameter(False, help="apply the data set's standard augmentation (see its plugin) to training batches")
     weight_decay: float = hyperparameter(0.0, ge=0, help="L2 regulariser: weight * sum(w^2)/2 over conv/linear weights, added to the loss")
 
 

@@ -60,12 +60,12 @@ def load_dataset(config: dict, registry: Registry, data_dir: Path) -> ImageDatas
         raise UserError(f"data set {config['dataset']!r} failed to load: {type(exc).__name__}: {exc}") from exc
 
 
-def prepare(ref: str, registry: Registry, *, overrides: dict[str, Any] | None = None,
+def prepare(ref: str, registry: Registry, *, overrides: dict[str, Any] | None = None, smoke: bool = False,
             data_dir: Path, data: str = "required", warn: Callable[[str], None] | None = None) -> PreparedGrid:
     """Load, expand and validate a grid. ``data``: "required" loads every data set and checks
     each run against it (for training); "optional" does so where the data set loads and warns
     otherwise (for --dry-run); "skip" never touches data (for tables)."""
-    grid = load_grid(find_grid(ref, registry), overrides)
+    grid = load_grid(find_grid(ref, registry), overrides, smoke=smoke)
     runs = expand(grid, registry)
     if not runs:
         raise UserError(f"grid {grid.name!r} expands to no runs (check [[exclude]])")
@@ -102,6 +102,8 @@ def check_against_data(prepared: PreparedGrid, registry: Registry, data_dir: Pat
                 warn(f"note: counts not checked against data set {cfg['dataset']!r}: {exc}")
                 continue
         ds = datasets[key]
+        if cfg["augment"] and ds.augment is None:
+            raise UserError(f"augment = true, but data set {cfg['dataset']!r} defines no augmentation")
         check_counts(ds.train_y.numpy(), ds.num_classes, n_labeled=cfg["n_labeled"], n_unlabeled=cfg["n_unlabeled"],
                      overlap=cfg["unlabeled_overlap"], n_validation=cfg["n_validation"], dataset=cfg["dataset"])
         model_key = results.config_json([cfg["backbone"], plugin_args(cfg, "backbone"), key])

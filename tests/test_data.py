@@ -397,3 +397,39 @@ def test_normalise_uses_dataset_mean_and_std(digits):
     assert torch.allclose(x.double(), expected, atol=1e-5)
     whole = data.normalise(digits.train_x)
     assert abs(whole.mean().item()) < 1e-4 and abs(whole.std().item() - 1) < 1e-3
+
+
+# ------------------------------------------------------------------ augmentation hook
+def test_augmentation_is_applied_to_training_batches_only_when_asked(digits):
+    import dataclasses
+
+    calls = []
+
+    def invert(x, generator):
+        calls.append((tuple(x.shape), float(x.min()), float(x.max())))
+        return 1.0 - x
+
+    augmented = dataclasses.replace(digits, augment=invert)
+    subsets = draw_subsets(digits.train_y.numpy(), 10, seed=0, n_labeled=20, n_unlabeled=30, overlap=True)
+    plain = DeviceData(augmented, subsets, torch.device("cpu"), seed=5, augment=False)
+    inverted = DeviceData(augmented, subsets, torch.device("cpu"), seed=5, augment=True)
+    x_plain, y_plain = plain.labeled_batch(2)
+    x_inv, y_inv = inverted.labeled_batch(2)
+    assert torch.equal(y_plain, y_inv)
+    # the hook sees [0, 1] floats; its output is normalised afterwards
+    assert calls == [((20, 1, 8, 8), 0.0, 1.0)]
+    mean, std = digits.mean[0], digits.std[0]
+    assert torch.allclose(x_inv, ((1.0 - (x_plain * std + mean)) - mean) / std, atol=1e-5)
+    inverted.unlabeled_batch(7)
+    assert calls[-1][0] == (7, 1, 8, 8)
+
+
+def test_augment_true_without_an_augmentation_is_rejected_before_training(tmp_path):
+    from ssl_bench.registry import load_registry
+    from ssl_bench.runner import prepare
+
+    grid = tmp_path / "g.toml"
+    grid.write_text('[base]\ndataset = "digits"\nbackbone = "lba_convnet"\nmethod = "lba"\naugment = true\n'
+                    '[base.backbones.lba_convnet]\nwidths = "4"\n')
+    with pytest.raises(UserError, match="augment = true, but data set 'digits' defines no augmentation"):
+        prepare(str(grid), load_registry(), data_dir=tmp_path)
