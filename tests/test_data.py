@@ -433,3 +433,23 @@ def test_augment_true_without_an_augmentation_is_rejected_before_training(tmp_pa
                     '[base.backbones.lba_convnet]\nwidths = "4"\n')
     with pytest.raises(UserError, match="augment = true, but data set 'digits' defines no augmentation"):
         prepare(str(grid), load_registry(), data_dir=tmp_path)
+
+
+def test_a_separate_unlabeled_pool_supplies_the_unlabeled_set(digits):
+    """STL-10 style: labeled samples from the training set, unlabeled ones from their own pool."""
+    import dataclasses
+
+    pool = torch.full((40, 1, 8, 8), 255, dtype=torch.uint8)
+    pooled = dataclasses.replace(digits, unlabeled_x=pool)
+    subsets = draw_subsets(digits.train_y.numpy(), 10, seed=0, n_labeled=20, n_unlabeled="all",
+                           overlap=False, unlabeled_pool=pooled.unlabeled_pool)
+    assert list(subsets.unlabeled) == list(range(40))
+    few = draw_subsets(digits.train_y.numpy(), 10, seed=0, n_labeled=20, n_unlabeled=15, overlap=True,
+                       unlabeled_pool=40)
+    assert len(few.unlabeled) == 15 and few.unlabeled.max() < 40
+    data = DeviceData(pooled, subsets, torch.device("cpu"), seed=0)
+    batch = data.unlabeled_batch(5)
+    assert torch.allclose(batch, torch.full_like(batch, (1.0 - digits.mean[0]) / digits.std[0]))
+    with pytest.raises(UserError, match="n_unlabeled=41 is more than the 40 images of digits's unlabeled pool"):
+        check_counts(digits.train_y.numpy(), 10, n_labeled=20, n_unlabeled=41, overlap=True, n_validation=0,
+                     dataset="digits", unlabeled_pool=40)
