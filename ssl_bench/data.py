@@ -31,6 +31,9 @@ class ImageDataset:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     description: str = ""
+    #: a separate pool of unlabeled-only images (STL-10's 100k), uint8 N x C x H x W; when set,
+    #: a run's unlabeled set is drawn from it instead of from the training set
+    unlabeled_x: torch.Tensor | None = None
     #: the data set's standard training augmentation, used when a run sets ``augment = true``:
     #: ``augment(x, generator)`` maps a float batch N x C x H x W in [0, 1] on the training device
     #: to an augmented batch of the same shape, drawing all randomness from ``generator``
@@ -43,6 +46,11 @@ class ImageDataset:
                 raise ValueError(f"{self.name}: {split}_x must be uint8 N x C x H x W, got {x.dtype} {tuple(x.shape)}")
             if y.dtype != torch.int64 or y.shape != (x.shape[0],):
                 raise ValueError(f"{self.name}: {split}_y must be int64 of length {x.shape[0]}")
+
+    @property
+    def unlabeled_pool(self) -> int | None:
+        """Size of the separate unlabeled pool, or None if unlabeled data comes from the training set."""
+        return None if self.unlabeled_x is None else len(self.unlabeled_x)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -87,7 +95,7 @@ def index_hash(indices: np.ndarray) -> str:
 
 
 def draw_subsets(labels: np.ndarray, num_classes: int, *, seed: int, n_labeled, n_unlabeled,
-                 overlap: bool, n_validation: int = 0) -> Subsets:
+                 overlap: bool, n_validation: int = 0, unlabeled_pool: int | None = None) -> Subsets:
     """Draw one run's subsets from the training labels, all from ``seed``.
 
     1. A validation set of ``n_validation`` samples (uniform) is removed first.
@@ -96,7 +104,8 @@ def draw_subsets(labels: np.ndarray, num_classes: int, *, seed: int, n_labeled, 
     3. The unlabeled set (uniform, labels unused) is drawn independently of the labeled one
        from the remaining samples; with ``overlap`` it may share samples with the labeled set
        (as in the LbA paper's Table 3, whose errors are therefore "upper bounds"), without
-       it the labeled samples are excluded first.
+       it the labeled samples are excluded first. A data set with a separate unlabeled pool
+       (STL-10) draws the unlabeled set from that pool (indices into it); ``overlap`` does not apply.
 
     Each step uses its own random stream derived from ``seed``, so the labeled set of a seed is
     the same whatever ``n_unlabeled`` is, and runs at different unlabeled counts are paired.
@@ -123,7 +132,10 @@ def draw_subsets(labels: np.ndarray, num_classes: int, *, seed: int, n_labeled, 
             chosen.append(rng.choice(members, size=per_class, replace=False))
         labeled = np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, dtype=np.int64)
 
-    candidates = pool if overlap else np.setdiff1d(pool, labeled)
+    if unlabeled_pool is not None:
+        candidates = np.arange(unlabeled_pool)
+    else:
+        candidates = pool if overlap else np.setdiff1d(pool, labeled)
     if n_unlabeled == ALL:
         unlabeled = candidates.copy()
     else:
@@ -133,7 +145,7 @@ def draw_subsets(labels: np.ndarray, num_classes: int, *, seed: int, n_labeled, 
 
 
 def check_counts(labels: np.ndarray, num_classes: int, *, n_labeled, n_unlabeled, overlap: bool,
-                 n_validation: int, dataset: str) -> None:
+                 n_validation: int, dataset: str, unlabeled_pool: int | None = None) -> None:
     """Reject counts the data set cannot supply, before anything is trained.
 
     The check is conservative where the validation set is random: each class must keep
@@ -152,6 +164,11 @@ def check_counts(labels: np.ndarray, num_classes: int, *, n_labeled, n_unlabeled
                             + (f" ({smallest} after n_validation={n_validation})" if n_validation else ""))
     if n_unlabeled != ALL:
         labeled_total = (n - n_validation) if n_labeled == ALL else n_labeled
+        if unlabeled_pool is not None:
+            if n_unlabeled > unlabeled_pool:
+                raise UserError(f"n_unlabeled={n_unlabeled} is more than the {unlabeled_pool} images of "
+                                f"{dataset}'s unlabeled pool")
+            return
         available = n - n_validation - (0 if overlap else labeled_total)
         if n_unlabeled > available:
             raise UserError(f"n_unlabeled={n_unlabeled} is more than the {available} training samples of "
@@ -172,6 +189,8 @@ class DeviceData:
         self.mean = torch.tensor(dataset.mean, device=device).view(1, -1, 1, 1)
         self.std = torch.tensor(dataset.std, device=device).view(1, -1, 1, 1)
         self.train_x = dataset.train_x.to(device)
+        # where unlabeled images come from: the training set, or a separate unlabeled pool
+        self.unlabeled_x = self.train_x if dataset.unlabeled_x is None else dataset.unlabeled_x.to(device)
         self.train_y = dataset.train_y.to(device)
         self.test_x, self.test_y = dataset.test_x.to(device), dataset.test_y.to(device)
         as_index = lambda a: torch.as_tensor(a, dtype=torch.int64, device=device)
@@ -191,9 +210,9 @@ class DeviceData:
     def normalise(self, x_uint8: torch.Tensor) -> torch.Tensor:
         return (x_uint8.float().div_(255.0) - self.mean) / self.std
 
-    def training_batch(self, idx: torch.Tensor) -> torch.Tensor:
-        """Training images ``idx``: scaled to [0, 1], augmented if the run asks for it, normalised."""
-        x = self.train_x[idx].float().div_(255.0)
+    def training_batch(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 training images: scaled to [0, 1], augmented if the run asks for it, normalised."""
+        x = images.float().div_(255.0)
         if self.augment is not None:
             x = self.augment(x, self.generator)
         return (x - self.mean) / self.std
@@ -210,14 +229,14 @@ class DeviceData:
         slot = torch.arange(per_class, device=self.device)
         pos = self.class_starts[present, None] + slot[None, :] % self.class_sizes[present, None]
         idx = shuffled[pos.reshape(-1)]
-        return self.training_batch(idx), self.train_y[idx]
+        return self.training_batch(self.train_x[idx]), self.train_y[idx]
 
     def unlabeled_batch(self, size: int) -> torch.Tensor | None:
         """``size`` samples drawn uniformly (with replacement) from the unlabeled set."""
         if len(self.unlabeled) == 0 or size == 0:
             return None
         pick = torch.randint(len(self.unlabeled), (size,), generator=self.generator, device=self.device)
-        return self.training_batch(self.unlabeled[pick])
+        return self.training_batch(self.unlabeled_x[self.unlabeled[pick]])
 
     def eval_sets(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         sets = {"test": (self.test_x, self.test_y)}

@@ -93,7 +93,8 @@ def train_run(config: dict, registry, dataset: ImageDataset, device: torch.devic
         seed = config["seed"]
         subsets = draw_subsets(dataset.train_y.numpy(), dataset.num_classes, seed=seed,
                                n_labeled=config["n_labeled"], n_unlabeled=config["n_unlabeled"],
-                               overlap=config["unlabeled_overlap"], n_validation=config["n_validation"])
+                               overlap=config["unlabeled_overlap"], n_validation=config["n_validation"],
+                               unlabeled_pool=dataset.unlabeled_pool)
         torch.manual_seed(seed)
         model = build_model(config, registry, dataset).to(device)
         method = build_method(config, registry)
