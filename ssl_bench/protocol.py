@@ -16,7 +16,10 @@ METRICS = {
     "test_error_last_k": "median test error (%) of the last k evaluations (as FixMatch reports)",
     "test_error_best_val": "test error (%) at the evaluation with the lowest validation error",
     "val_error": "validation error (%) of the final model",
+    "test_accuracy": "test accuracy (%) of the final model (100 - test_error)",
 }
+#: metrics computed from a stored column when a table is rendered: name -> (column, function)
+DERIVED_METRICS = {"test_accuracy": ("test_error", lambda error: 100.0 - error)}
 
 
 class Protocol:

@@ -19,7 +19,7 @@ from tabulate import tabulate
 
 from .errors import UserError
 from .grid import Run, TableSpec
-from .protocol import METRICS
+from .protocol import DERIVED_METRICS, METRICS
 
 FORMATS = ("markdown", "latex", "csv", "html")
 MISSING = "—"
@@ -73,9 +73,10 @@ def cell_values(spec: TableSpec, runs: list[Run], rows: pd.DataFrame):
         if row["status"] != "ok":
             excluded[row["status"]] = excluded.get(row["status"], 0) + 1
             continue
-        value = row.get(spec.metric)
+        column, transform = DERIVED_METRICS.get(spec.metric, (spec.metric, float))
+        value = row.get(column)
         if value is not None and not pd.isna(value):
-            cells[(r, c)].append(float(value))
+            cells[(r, c)].append(float(transform(value)))
     return row_labels, col_labels, {k: np.array(v) for k, v in cells.items()}, excluded
 
 
