@@ -42,6 +42,13 @@ class LearningByAssociation(Method):
         }
 
 
+    @classmethod
+    def figures(cls):
+        from ssl_bench_plugins.lba_figures import association
+
+        return {"association": association}
+
+
 @hookimpl
 def ssl_bench_methods():
     return [LearningByAssociation]

@@ -98,12 +98,12 @@ def describe(layers: Sequence[Layer], embedding_dim: int) -> str:
     return "-".join([str(layer) for layer in layers] + [f"FC({embedding_dim})"])
 
 
-def _feature_size(layers: Sequence[Layer], height: int, width: int) -> tuple[int, int, Layer | None]:
-    """Spatial size after ``layers``, and the first layer that leaves nothing (None if none does)."""
-    for layer in layers:
+def _feature_size(layers: Sequence[Layer], height: int, width: int) -> tuple[int, int, int | None]:
+    """Spatial size after ``layers``, and the index of the first layer that leaves nothing (None if none does)."""
+    for index, layer in enumerate(layers):
         height, width = layer.output_size(height), layer.output_size(width)
         if height < 1 or width < 1:
-            return height, width, layer
+            return height, width, index
     return height, width, None
 
 
@@ -128,7 +128,7 @@ class ConvNet(nn.Module):
         if culprit is not None:
             smallest = _smallest_input(layers)
             raise UserError(f"{name}: input {channels}x{height}x{width} is too small for {describe(layers, embedding_dim)}: "
-                            f"nothing is left after {culprit}; inputs must be at least {smallest}x{smallest}")
+                            f"nothing is left after layer {culprit + 1}, {layers[culprit]}; inputs must be at least {smallest}x{smallest}")
         modules: list[nn.Module] = []
         for layer in layers:
             if isinstance(layer, Conv):

@@ -1,1 +1,123 @@
-"""(module being written)"""
+"""SVHN, the Street View House Numbers (Netzer et al. 2011), cropped-digit format: data set ``svhn``.
+
+Format ("Format 2", http://ufldl.stanford.edu/housenumbers/): MATLAB files ``train_32x32.mat``
+(73,257 digits), ``test_32x32.mat`` (26,032) and ``extra_32x32.mat`` (531,131 easier samples),
+each holding ``X``, a 32 x 32 x 3 x N uint8 array (row, column, RGB channel, sample), and ``y``,
+an N x 1 array of labels 1..10 where 10 is the digit 0. They are read with ``scipy.io.loadmat``
+and rearranged with one transpose to N x 3 x 32 x 32 (pixel (0, 0) = ``X[0, 0, :, n]``, the
+top-left pixel); labels map to 0..9 by ``y % 10`` (as torchvision does), after checking they
+are in 1..10.
+
+Parameters: ``extra`` (default false) appends the extra images to the training set (604,388
+images, 1.9 GB in memory); the LbA paper's SVHN results use the training set only. The
+per-channel mean/std (0-1 scale, population std) are computed from the training images actually
+used, so they differ with ``extra``.
+
+Where the files are looked for: ``DATA_DIR/svhn/`` (see ``files.py``). ``ssl-bench data download
+svhn`` fetches all three files (train 182 MB, test 64 MB, extra 1.3 GB) from the official site,
+md5-verified; URLs and md5 sums are torchvision's (``torchvision/datasets/svhn.py``,
+``SVHN.split_list``).
+
+Standard augmentation (``augment = true`` in a grid): ``svhn_augment`` of
+``ssl_bench_plugins.augment`` (random affine + Gaussian blur, as the LbA paper names for SVHN;
+parameters are documented there), imported when first called so that loading never depends on it.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ssl_bench import DatasetSpec, ImageDataset, UserError, hookimpl
+from ssl_bench_plugins import files
+
+NAME = "svhn"
+URL = "http://ufldl.stanford.edu/housenumbers/"
+#: file -> md5, from torchvision/datasets/svhn.py (SVHN.split_list)
+MD5 = {
+    "train_32x32.mat": "e26dedcc434d2e4c54c9b2d4a06d8373",
+    "test_32x32.mat": "eb5a983be6a315427106f1b164d9cef3",
+    "extra_32x32.mat": "a93ce644f1a588dc4d68dda5feec44a7",
+}
+
+
+def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """SVHN's standard augmentation: ``ssl_bench_plugins.augment.svhn_augment``, imported at call time."""
+    from ssl_bench_plugins.augment import svhn_augment
+
+    return svhn_augment(x, generator)
+
+
+def read_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One SVHN .mat file as (uint8 N x 3 x H x W images, int64 labels 0..9); UserError if malformed."""
+    import scipy.io
+
+    try:
+        mat = scipy.io.loadmat(path, variable_names=("X", "y"))
+    except Exception as exc:  # scipy raises ValueError, MatReadError, OSError, ... on bad files
+        raise UserError(f"{path}: cannot read as a MATLAB file ({type(exc).__name__}: {exc}); delete it and "
+                        f"download it again") from exc
+    if "X" not in mat or "y" not in mat:
+        raise UserError(f"{path}: expected variables X and y, found {sorted(k for k in mat if not k.startswith('__'))}")
+    x, y = mat["X"], mat["y"]
+    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[2] != 3:
+        raise UserError(f"{path}: X must be uint8 H x W x 3 x N, got {x.dtype} {x.shape}")
+    y = np.asarray(y).reshape(-1)
+    if len(y) != x.shape[3]:
+        raise UserError(f"{path}: X has {x.shape[3]} images but y has {len(y)} labels")
+    if len(y) and (y.min() < 1 or y.max() > 10):
+        raise UserError(f"{path}: labels must be 1..10 (10 = digit 0), found {y.min()}..{y.max()}")
+    return x, (y.astype(np.int64) % 10)
+
+
+def _to_nchw(x: np.ndarray, out: np.ndarray) -> None:
+    """H x W x C x N (MATLAB layout) into ``out`` (N x C x H x W), without an intermediate copy."""
+    np.copyto(out, x.transpose(3, 2, 0, 1))
+
+
+def load_svhn(data_dir, extra: bool = False) -> ImageDataset:
+    dirs = files.search_dirs(NAME, data_dir)
+    needed = ["train_32x32.mat", "test_32x32.mat"] + (["extra_32x32.mat"] if extra else [])
+    paths = files.find_files(NAME, dirs, needed, files.how_to_get(NAME, data_dir, f"or copy them there from {URL}"))
+    tx, train_y = read_mat(paths[0])
+    parts = [(tx, train_y)]
+    if extra:
+        parts.append(read_mat(paths[2]))
+    h, w = tx.shape[:2]
+    if any(p[0].shape[:3] != (h, w, 3) for p in parts):
+        raise UserError(f"{NAME}: the training and extra images differ in size")
+    train_x = np.empty((sum(len(p[1]) for p in parts), 3, h, w), dtype=np.uint8)
+    start = 0
+    for x, y in parts:
+        _to_nchw(x, train_x[start:start + len(y)])
+        start += len(y)
+    train_y = np.concatenate([p[1] for p in parts])
+    del parts, tx
+    sx, test_y = read_mat(paths[1])
+    if sx.shape[:3] != (h, w, 3):
+        raise UserError(f"{NAME}: test images are {sx.shape[:3]}, training images {(h, w, 3)}")
+    test_x = np.empty((len(test_y), 3, h, w), dtype=np.uint8)
+    _to_nchw(sx, test_x)
+    mean, std = files.channel_stats(train_x)
+    return ImageDataset(
+        name=NAME,
+        train_x=torch.from_numpy(train_x), train_y=torch.from_numpy(train_y),
+        test_x=torch.from_numpy(test_x), test_y=torch.from_numpy(test_y),
+        num_classes=10, mean=mean, std=std, augment=augment,
+        description=f"SVHN cropped digits (format 2), {len(train_y)} train{' (with extra)' if extra else ''} / "
+                    f"{len(test_y)} test, 3x{h}x{w}, from {paths[0].parent}",
+    )
+
+
+def download_svhn(data_dir) -> None:
+    """Fetch train, test and extra .mat files into ``data_dir/svhn/``, md5-verified."""
+    target = files.search_dirs(NAME, data_dir)[0]
+    for filename, md5 in MD5.items():
+        files.download_file(URL + filename, target / filename, md5=md5)
+
+
+@hookimpl
+def ssl_bench_datasets():
+    return [DatasetSpec(NAME, load_svhn, "SVHN cropped digits (3x32x32, 73,257/26,032; extra=true adds 531,131); "
+                                         "`ssl-bench data download svhn`", download=download_svhn)]

@@ -88,7 +88,7 @@ def cmd_run(args) -> int:
         return 0
     out = Path(args.out)
     counts = run_grid(prepared, reg, out=out, device=device, retry_failed=args.retry_failed,
-                      show_progress=False if args.no_progress else None)
+                      show_progress=False if args.no_progress else None, save_models=args.save_models)
     print(f"{prepared.grid.name}: {counts['ok']} ok, {counts['diverged']} diverged, {counts['failed']} failed, "
           f"{counts['skipped']} already done; results in {out / prepared.grid.name}", file=sys.stderr)
     _print_tables(prepared, out)
@@ -98,6 +98,19 @@ def cmd_run(args) -> int:
 def cmd_table(args) -> int:
     _, prepared = _prepare(args, data="skip")
     _print_tables(prepared, Path(args.out), args.format, args.compare, args.show_n, args.table)
+    return 0
+
+
+def cmd_figure(args) -> int:
+    from .figures import figure_for_run
+    from .runner import parse_device
+
+    device = parse_device(args.device)
+    reg, prepared = _prepare(args)
+    path = figure_for_run(prepared, reg, args.run, args.kind, out=Path(args.out), device=device, train=args.train,
+                          path=Path(args.png) if args.png else None,
+                          log=lambda msg: print(msg, file=sys.stderr))
+    print(path)
     return 0
 
 
@@ -169,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the expanded runs and exit")
     p.add_argument("--retry-failed", action="store_true", help="rerun runs recorded as failed")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (one line per finished run)")
+    p.add_argument("--save-models", action="store_true", help="keep each run's final network in OUT/GRID/models/")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("table", help="render a grid's tables from its results")
@@ -178,6 +192,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--show-n", action="store_true", help="show the number of runs in each cell")
     p.add_argument("--table", help="only this table of the grid")
     p.set_defaults(func=cmd_table)
+
+    p = sub.add_parser("figure", help="draw a qualitative figure of a trained run as PNG")
+    p.add_argument("kind", help="neighbours (any method), association (lba), ...")
+    grid_args(p)
+    p.add_argument("--run", required=True, help="run id (or a unique prefix) of the grid")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--train", action="store_true", help="train the run now if its network was not saved")
+    p.add_argument("--png", help="output file (default: OUT/GRID/figures/RUN_KIND.png)")
+    p.set_defaults(func=cmd_figure)
 
     p = sub.add_parser("show", help="print one run's row and evaluation curve")
     p.add_argument("run_id", help="a run id or a unique prefix of one")

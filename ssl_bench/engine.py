@@ -36,6 +36,7 @@ class RunOutcome:
     subsets: Subsets | None
     steps_done: int
     wall_s: float
+    model: torch.nn.Module | None = None  # the network to evaluate (method.eval_model), if training finished
 
 
 def build_model(config: dict, registry, dataset: ImageDataset) -> Classifier:
@@ -87,7 +88,7 @@ def train_run(config: dict, registry, dataset: ImageDataset, device: torch.devic
     """Train and evaluate one run. Divergence and exceptions are outcomes, not crashes."""
     started = time.perf_counter()
     curves: list[dict] = []
-    subsets = None
+    subsets = trained = None
     step = 0
     try:
         seed = config["seed"]
@@ -147,6 +148,7 @@ def train_run(config: dict, registry, dataset: ImageDataset, device: torch.devic
             if on_step:
                 on_step(step + 1, loss_value, current_error)
         status, error = "ok", None
+        trained = method.eval_model(model)
         steps_done = config["steps"]
     except Diverged as exc:
         status, error, steps_done = "diverged", str(exc), step
@@ -155,7 +157,7 @@ def train_run(config: dict, registry, dataset: ImageDataset, device: torch.devic
     metrics = summarise(curves, config.get("last_k", 5))
     if status == "diverged":
         metrics["test_error"] = float("nan")  # the final model is not a result
-    return RunOutcome(status, error, metrics, curves, subsets, steps_done, time.perf_counter() - started)
+    return RunOutcome(status, error, metrics, curves, subsets, steps_done, time.perf_counter() - started, trained)
 
 
 def make_optimizer(model: torch.nn.Module, config: dict) -> torch.optim.Optimizer:

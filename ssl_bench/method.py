@@ -113,6 +113,12 @@ class Method:
         """Class scores for a normalised batch; the prediction is their argmax."""
         return model(x)
 
+    @classmethod
+    def figures(cls) -> dict[str, Any]:
+        """The method's qualitative figures for ``ssl-bench figure KIND``: name -> function
+        ``draw(view: ssl_bench.figures.FigureView) -> matplotlib.figure.Figure``."""
+        return {}
+
 
 def check_method_class(cls: Any, provider: str) -> None:
     """Reject a malformed method class at discovery (a plugin author's error)."""

@@ -52,12 +52,26 @@ def curves_dir(out: Path, grid: str) -> Path:
     return Path(out) / grid / "curves"
 
 
+def models_dir(out: Path, grid: str) -> Path:
+    return Path(out) / grid / "models"
+
+
 def write_atomic(table: pa.Table, path: Path) -> None:
+    _write_atomic(path, lambda fh: pq.write_table(table, fh))
+
+
+def save_model_atomic(state_dict: dict, path: Path) -> None:
+    import torch
+
+    _write_atomic(path, lambda fh: torch.save(state_dict, fh))
+
+
+def _write_atomic(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as fh:
-            pq.write_table(table, fh)
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -113,7 +127,7 @@ def clean_stale_temporaries(out: Path, grid: str) -> int:
     """Remove temporary files left by a killed process (they were never renamed into place).
     A temporary of a process that is still alive (another runner on the same grid) is kept."""
     removed = 0
-    for directory in (runs_dir(out, grid), curves_dir(out, grid)):
+    for directory in (runs_dir(out, grid), curves_dir(out, grid), models_dir(out, grid)):
         if directory.is_dir():
             for tmp in directory.glob(".*.tmp"):
                 if _writer_alive(tmp):

@@ -182,8 +182,9 @@ def describe_run(run: Run, keys: list[str]) -> str:
 
 def run_grid(prepared: PreparedGrid, registry: Registry, *, out: Path, device: torch.device,
              retry_failed: bool = False, log: Callable[[str], None] | None = None,
-             show_progress: bool | None = None) -> dict[str, int]:
-    """Train every run not yet finished in ``out``; returns counts by outcome."""
+             show_progress: bool | None = None, save_models: bool = False) -> dict[str, int]:
+    """Train every run not yet finished in ``out``; returns counts by outcome. With
+    ``save_models`` the final network of each finished run is kept in ``out/GRID/models/``."""
     from tqdm import tqdm
 
     grid = prepared.grid
@@ -215,6 +216,8 @@ def run_grid(prepared: PreparedGrid, registry: Registry, *, out: Path, device: t
         outcome = train_run(run.config, registry, prepared.datasets[dataset_key(run.config)], device, on_step)
         finished = results.now()
         inner.close()
+        if save_models and outcome.model is not None:
+            results.save_model_atomic(outcome.model.state_dict(), results.models_dir(out, grid.name) / f"{run.run_id}.pt")
         results.write_atomic(results.curves_table(run.run_id, outcome.curves),
                              results.curves_dir(out, grid.name) / f"{run.run_id}.parquet")
         row = make_row(run, grid.name, outcome, device, started, finished)

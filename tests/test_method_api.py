@@ -91,8 +91,9 @@ def test_hooks_run_in_documented_order_with_step_counts(registry):
         w = min(1.0, step / 4)
         expected += [("step_start", step), ("loss", step, w, False), ("step_end", step)]
     assert per_step == expected
-    # evaluation after steps 3 and 6 goes through eval_model
-    assert EVENTS.count(("eval_model",)) == 2
+    # evaluation after steps 3 and 6 goes through eval_model, and so does the network the run keeps
+    assert EVENTS.count(("eval_model",)) == 3
+    assert outcome.model is not None
     assert [c["step"] for c in outcome.curves] == [3, 6]
 
 

@@ -1,0 +1,218 @@
+"""Shared helpers of the file-based data-set plugins (no hooks here): where files are looked
+for, a checksummed download, archive extraction, and per-channel statistics.
+
+Where a data set's files are looked for
+    ``data_dir / NAME`` first, where ``data_dir`` is what ``load`` receives (the core resolves it:
+    ``--data-dir``, else ``$SSL_BENCH_DATA``, else ``~/.cache/ssl-bench``; see
+    :func:`ssl_bench.data.default_data_dir`), then any system locations the data set names (e.g.
+    ``/usr/share/datasets/fashion-mnist`` of Debian's ``dataset-fashion-mnist``). All of a data
+    set's files come from ONE directory: the first that holds every required file. If none does,
+    :func:`missing_files` raises one :class:`ssl_bench.UserError` naming the data set, every
+    directory looked in (with what each lacks) and how to get the files.
+
+Downloads (:func:`download_file`)
+    ``urllib`` streams the file into a temporary file beside the destination
+    (``.NAME.PID.part``), hashing as it goes; only a file whose checksum (md5 or sha256) matches
+    is renamed into place (``os.replace``, atomic on one file system), so an interrupted or
+    corrupted download never leaves a file that looks complete. A mismatch deletes the temporary
+    file and raises; an unreachable server (no network) raises a UserError saying which URL(s)
+    failed and where to put the file by hand. A destination that already holds the right
+    checksum is not downloaded again. Loaders do not re-hash files on every load (SVHN's extra
+    set is 1.3 GB): checksums are verified when downloading.
+"""
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import shutil
+import sys
+import tarfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from ssl_bench import UserError
+
+#: seconds without data before a download gives up
+TIMEOUT_S = 60
+_CHUNK = 1 << 20
+
+
+# --------------------------------------------------------------------------- where files are
+def search_dirs(name: str, data_dir: str | os.PathLike, extra: Iterable[str | os.PathLike] = ()) -> list[Path]:
+    """The directories data set ``name`` is looked for in, in order: ``data_dir/name``, then ``extra``."""
+    return [Path(data_dir).expanduser() / name, *(Path(p) for p in extra)]
+
+
+def find_files(name: str, dirs: Sequence[Path], files: Sequence[str | Sequence[str]], how: str) -> list[Path]:
+    """Paths of ``files`` in the first of ``dirs`` that holds all of them.
+
+    Each entry of ``files`` is a file name or a sequence of alternative names (e.g.
+    ``("train-images-idx3-ubyte", "train-images-idx3-ubyte.gz")``), the first present one wins.
+    Raises :func:`missing_files`'s UserError if no directory holds every file; ``how`` says how
+    to get them (see :func:`how_to_get`)."""
+    alternatives = [(f,) if isinstance(f, str) else tuple(f) for f in files]
+    lacking: dict[Path, list[str]] = {}
+    for d in dirs:
+        found, missing = [], []
+        for names in alternatives:
+            hit = next((d / n for n in names if (d / n).is_file()), None)
+            if hit is None:
+                missing.append(" or ".join(names))
+            else:
+                found.append(hit)
+        if not missing:
+            return found
+        lacking[d] = missing
+    missing_files(name, lacking, how)
+
+
+def missing_files(name: str, lacking: dict[Path, list[str]], how: str):
+    """Raise the one UserError for data files that are not there: the data set, each directory
+    looked in with the files it lacks (or that it does not exist), and how to get them."""
+    places = []
+    for d, missing in lacking.items():
+        if not d.is_dir():
+            places.append(f"{d} (no such directory)")
+        else:
+            places.append(f"{d} (missing {', '.join(missing)})")
+    raise UserError(f"data set {name!r}: files not found; looked in {'; '.join(places)}. {how}")
+
+
+def how_to_get(name: str, data_dir: str | os.PathLike, alternative: str = "") -> str:
+    """The 'how to get the files' sentence of the missing-files message."""
+    text = (f"Get them with `ssl-bench data download {name} --data-dir {Path(data_dir).expanduser()}` "
+            f"(needs a network; without --data-dir it uses $SSL_BENCH_DATA, then ~/.cache/ssl-bench)")
+    return text + (f", {alternative}" if alternative else "") + "."
+
+
+# --------------------------------------------------------------------------- checksums and downloads
+def file_digest(path: str | os.PathLike, algorithm: str = "md5") -> str:
+    """Hex digest of a file, read in 1 MiB chunks."""
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(_CHUNK), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _expected(md5: str | None, sha256: str | None) -> tuple[str, str]:
+    if (md5 is None) == (sha256 is None):
+        raise ValueError("give exactly one of md5= and sha256=")
+    return ("md5", md5.lower()) if md5 is not None else ("sha256", sha256.lower())
+
+
+def verify(path: str | os.PathLike, *, md5: str | None = None, sha256: str | None = None) -> bool:
+    """Whether the file at ``path`` exists and has the given checksum."""
+    algorithm, digest = _expected(md5, sha256)
+    return Path(path).is_file() and file_digest(path, algorithm) == digest
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def download_file(urls: str | Sequence[str], dest: str | os.PathLike, *, md5: str | None = None,
+                  sha256: str | None = None, quiet: bool = False) -> Path:
+    """Download ``dest`` from the first of ``urls`` that serves the file with the right checksum.
+
+    Skips the download if ``dest`` already has the checksum. Otherwise streams each URL in turn
+    (any urllib URL: http(s), ftp, file) into ``dest``'s directory as ``.NAME.PID.part``, hashing
+    on the way; a matching file is renamed to ``dest``, a mismatching one is deleted and the next
+    URL tried. Raises UserError naming every URL and what went wrong with it when none succeeds
+    (an unreachable host: "no network?"; a mismatch: expected and actual checksums); no
+    partial or mismatching file is left behind."""
+    algorithm, digest = _expected(md5, sha256)
+    dest = Path(dest)
+    urls = [urls] if isinstance(urls, str) else list(urls)
+    if verify(dest, **{algorithm: digest}):
+        if not quiet:
+            say(f"{dest}: present, {algorithm} verified")
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.part")
+    failures = []
+    for url in urls:
+        try:
+            if not quiet:
+                say(f"downloading {url} -> {dest}")
+            h = hashlib.new(algorithm)
+            with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response, open(tmp, "wb") as out:
+                for chunk in iter(lambda: response.read(_CHUNK), b""):
+                    h.update(chunk)
+                    out.write(chunk)
+            got = h.hexdigest()
+            if got != digest:
+                tmp.unlink(missing_ok=True)
+                failures.append(f"{url}: {algorithm} mismatch (expected {digest}, got {got}; file deleted)")
+                continue
+            os.replace(tmp, dest)
+            return dest
+        except (OSError, http.client.HTTPException, ValueError) as exc:  # URLError is an OSError; ValueError: bad URL
+            tmp.unlink(missing_ok=True)
+            reason = getattr(exc, "reason", exc)
+            failures.append(f"{url}: {type(exc).__name__}: {reason}")
+        except BaseException:  # KeyboardInterrupt: leave nothing behind
+            tmp.unlink(missing_ok=True)
+            raise
+    network = any("mismatch" not in f for f in failures)
+    raise UserError(f"could not download {dest.name}: " + "; ".join(failures)
+                    + (". No network? Fetch the file elsewhere and put it at " + str(dest) if network else ""))
+
+
+def extract_tar(archive: str | os.PathLike, into: str | os.PathLike, member_dir: str) -> Path:
+    """Extract ``member_dir/`` of a (gzipped) tar archive into ``into/member_dir``, atomically.
+
+    The archive is unpacked into a temporary directory beside the target, which is then renamed
+    into place (replacing an older copy), so an interrupted extraction leaves no half directory.
+    Uses tarfile's ``data`` filter where Python has it (no absolute paths, links out, devices)."""
+    into = Path(into)
+    target = into / member_dir
+    tmp = into / f".extract-{member_dir}.{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            members = [m for m in tar.getmembers() if m.name == member_dir or m.name.startswith(member_dir + "/")]
+            if not members:
+                raise UserError(f"{archive} holds no {member_dir}/ directory: not the expected archive")
+            kwargs = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+            tar.extractall(tmp, members=members, **kwargs)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp / member_dir, target)
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise UserError(f"cannot extract {archive}: {type(exc).__name__}: {exc}") from exc
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+# --------------------------------------------------------------------------- statistics
+def channel_stats(images: np.ndarray, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and (population) std of uint8 N x C x H x W images on the 0-1 scale.
+
+    Exact: sums of values and squares are accumulated as integers over chunks of ``chunk``
+    images (no float copy of a whole data set; SVHN with its extra set is 1.9 GB of uint8)."""
+    if images.dtype != np.uint8 or images.ndim != 4:
+        raise ValueError(f"expected uint8 N x C x H x W, got {images.dtype} {images.shape}")
+    channels = images.shape[1]
+    s1 = [0] * channels
+    s2 = [0] * channels
+    for start in range(0, len(images), chunk):
+        part = images[start:start + chunk]
+        ones = part.sum(axis=(0, 2, 3), dtype=np.uint64)
+        squares = np.square(part, dtype=np.uint32).sum(axis=(0, 2, 3), dtype=np.uint64)
+        for c in range(channels):
+            s1[c] += int(ones[c])
+            s2[c] += int(squares[c])
+    n = images.shape[0] * images.shape[2] * images.shape[3]
+    if n == 0:
+        raise ValueError("no images")
+    mean = tuple(s / (n * 255.0) for s in s1)
+    std = tuple(((n * q - s * s) ** 0.5) / (n * 255.0) for s, q in zip(s1, s2))  # exact integer variance
+    return mean, std
