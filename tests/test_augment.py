@@ -42,7 +42,7 @@ def test_presets_have_the_dataset_augment_signature():
 
 
 @pytest.mark.parametrize("name", RANDOM_OPS)
-@pytest.mark.parametrize("shape", [(5, 3, 32, 32), (3, 3, 96, 80), (4, 1, 28, 28)])
+@pytest.mark.parametrize("shape", [(5, 3, 32, 32), (3, 3, 48, 40), (4, 1, 28, 28)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_shape_dtype_range_preserved_and_input_untouched(name, shape, dtype):
     x = _images(*shape, dtype=dtype)
@@ -58,8 +58,12 @@ def test_range_kept_at_saturating_magnitudes(name):
     x = torch.cat([torch.zeros(2, 3, 16, 16), torch.ones(2, 3, 16, 16), _images(4, 3, 16, 16)])
     out = RANDOM_OPS[name](x, _gen())
     assert out.min() >= 0 and out.max() <= 1
+
+
+def test_colour_clamped_when_pushed_out_of_range():
+    x = _images()
     strong = A.random_color_jitter(x, _gen(), brightness=(3.0, 3.0), saturation=(5.0, 5.0), hue=0.5)
-    assert strong.min() >= 0 and strong.max() <= 1
+    assert strong.min() == 0 and strong.max() == 1
 
 
 @pytest.mark.parametrize("name", RANDOM_OPS)
@@ -103,7 +107,7 @@ def test_no_loop_over_samples():
 
     for name, f in RANDOM_OPS.items():
         counts = []
-        for n in (2, 64):
+        for n in (2, 32):
             x = _images(n, 3, 32, 32)
             with Count() as counter:
                 f(x, _gen())
@@ -169,12 +173,13 @@ def test_scale_and_shear_on_a_linear_ramp():
 
 def test_crop_resize_halves_the_slope_and_stays_inside():
     ramp = _ramp(8)
-    out = A.random_crop(ramp, _gen(), (0.5, 0.5))
+    full = A.random_crop(ramp, _gen(), (0.5, 0.5))
+    out = full[..., 1:-1, 1:-1]      # the outermost samples may fall in the last half pixel, outside the ramp's centres
     assert torch.allclose(out[..., 1:] - out[..., :-1], torch.full_like(out[..., 1:], 0.01), atol=1e-5)
     assert torch.allclose(out[..., 1:, :] - out[..., :-1, :], torch.full_like(out[..., 1:, :], 0.005), atol=1e-5)
     # a crop of half the side inside the image: the values it shows lie within the image's range
-    assert out.min() >= ramp.min() - 1e-6 and out.max() <= ramp.max() + 1e-6
-    assert len({round(v, 4) for v in out[:, 0, 0, 0].tolist()}) == 8     # each sample its own position
+    assert full.min() >= ramp.min() - 1e-6 and full.max() <= ramp.max() + 1e-6
+    assert len({round(v, 4) for v in full[:, 0, 0, 0].tolist()}) == 8     # each sample its own position
 
 
 def test_per_sample_parameters():
@@ -265,7 +270,7 @@ def test_brightness():
                                            (A.svhn_augment, (3, 96, 96)), (A.stl10_augment, (3, 32, 32)),
                                            (A.svhn_augment, (1, 28, 28)), (A.stl10_augment, (1, 28, 28))])
 def test_presets_change_every_image(preset, shape):
-    x = _images(16, *shape)
+    x = _images(8, *shape)
     out = preset(x, _gen(3))
     assert out.shape == x.shape and out.min() >= 0 and out.max() <= 1
     assert ((out - x).abs().flatten(1).mean(1) > 0.01).all()
@@ -273,12 +278,12 @@ def test_presets_change_every_image(preset, shape):
 
 @pytest.mark.parametrize("preset, max_shift", [
     (A.svhn_augment, 3.5),          # rotation/scale/shear fix the centre; translation <= 3.5 px per axis
-    (A.stl10_augment, 0.1 * 33 / 2 / 0.8),   # crop centre <= (1 - f) * size / 2 from it, magnified 1 / f
+    (A.stl10_augment, (1 - 0.8) * 33 / 2 / 0.8),   # crop centre <= (1 - f) * size / 2 off, magnified 1 / f
 ])
 def test_preset_magnitudes_on_a_centred_dot(preset, max_shift):
     """A white dot at the centre of a 33 x 33 image ends up within the preset's documented shift
     (a wrong unit -- radians for degrees, normalised for pixel coordinates -- would break this)."""
-    x = _dot(16, 16, size=33).expand(64, 3, 33, 33).contiguous()
+    x = _dot(16, 16, size=33).expand(32, 3, 33, 33).contiguous()
     out = preset(x, _gen()).mean(1)
     mass = out.sum((1, 2))
     coords = torch.arange(33.0) - 16

@@ -350,7 +350,7 @@ def error_of(text: str, reg=None, **kwargs) -> str:
 def test_unknown_top_level_key():
     message = error_of(with_base('nme = "x"\n', ""))
     assert "unknown top-level key(s) nme" in message
-    assert "allowed: axes, base, description, exclude, name, table, zip" in message
+    assert "allowed: axes, base, description, exclude, name, smoke, table, zip" in message
 
 
 def test_top_level_key_unknown_names_the_file(tmp_path):
@@ -542,3 +542,18 @@ def test_parse_value_special_floats_and_dates():
     assert math.isinf(parse_value("inf"))
     # TOML dates are TOML values too: a bare 2024-01-01 is not a string
     assert parse_value("2024-01-01") == datetime.date(2024, 1, 1)
+
+
+def test_smoke_scales_a_grid_down_keeping_its_shape(reg):
+    doc = {
+        "base": {"dataset": "digits", "backbone": "lba_convnet", "method": "lba", "steps": 5000, "eval_every": 500},
+        "axes": {"n_labeled": [20, 50], "seed": [3, 4, 5]},
+        "smoke": {"unlabeled_batch": 7},
+    }
+    runs = expand(parse_grid(doc, smoke=True), reg)
+    assert [r.config["n_labeled"] for r in runs] == [20, 50]  # the shape stays, one seed
+    assert {(r.config["seed"], r.config["steps"], r.config["eval_every"], r.config["unlabeled_batch"])
+            for r in runs} == {(3, 2, 1, 7)}
+    # the user's --set wins over the smoke settings
+    runs = expand(parse_grid(doc, smoke=True, overrides={"steps": 3}), reg)
+    assert {r.config["steps"] for r in runs} == {3}
