@@ -30,8 +30,8 @@ import sys
 import tarfile
 import urllib.error
 import urllib.request
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -180,6 +180,9 @@ def extract_tar(archive: str | os.PathLike, into: str | os.PathLike, member_dir:
             members = [m for m in tar.getmembers() if m.name == member_dir or m.name.startswith(member_dir + "/")]
             if not members:
                 raise UserError(f"{archive} holds no {member_dir}/ directory: not the expected archive")
+            unsafe = [m.name for m in members if not (m.isfile() or m.isdir()) or ".." in Path(m.name).parts]
+            if unsafe:  # also checked here for Pythons without tarfile's data filter (< 3.10.12)
+                raise UserError(f"{archive}: unexpected members (links, devices or '..' paths): {unsafe[:5]}")
             kwargs = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
             tar.extractall(tmp, members=members, **kwargs)
         if target.exists():

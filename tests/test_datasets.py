@@ -491,8 +491,9 @@ def test_data_download_command_fetches_mnist(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(checksums, "t10k-labels-idx1-ubyte.gz", "f" * 32)
     capsys.readouterr()
     assert cli_main(["data", "download", "mnist", "--data-dir", str(root)]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("ssl-bench: error: could not download t10k-labels-idx1-ubyte.gz") and "md5 mismatch" in err
+    err = capsys.readouterr().err.strip().splitlines()  # progress lines, then the error
+    assert err[-1].startswith("ssl-bench: error: could not download t10k-labels-idx1-ubyte.gz")
+    assert "md5 mismatch" in err[-1] and "f" * 32 in err[-1]
     assert not (root / "mnist" / "t10k-labels-idx1-ubyte.gz").exists()
 
 
@@ -526,9 +527,22 @@ def test_download_stl10_extracts_verifies_and_removes_archive(tmp_path, monkeypa
     stl10.download_stl10(root)  # everything verified: nothing fetched
     # an archive whose contents do not have the expected checksums is reported
     monkeypatch.setattr(stl10, "FILE_MD5", {**stl10.FILE_MD5, "test_y.bin": "0" * 32})
-    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout=None: open(archive, "rb"))
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout=None: io.BytesIO(archive.read_bytes()))
     with pytest.raises(UserError, match="test_y.bin"):
         stl10.download_stl10(root)
+
+
+def test_extract_rejects_members_escaping_the_directory(tmp_path):
+    archive = tmp_path / "a.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for name in ("stl10_binary/ok.bin", "stl10_binary/../evil.bin"):
+            info = tarfile.TarInfo(name)
+            info.size = 2
+            tar.addfile(info, io.BytesIO(b"hi"))
+    (tmp_path / "into").mkdir()
+    with pytest.raises(UserError, match="evil.bin"):
+        files.extract_tar(archive, tmp_path / "into", "stl10_binary")
+    assert os.listdir(tmp_path / "into") == [] and not (tmp_path / "evil.bin").exists()
 
 
 def test_channel_stats_is_exact_and_chunked():
