@@ -147,7 +147,7 @@ def cmd_data(args) -> int:
         return 0
     root = default_data_dir(args.data_dir)
     spec.download(root)
-    print(f"{args.name}: downloaded and verified in {root}")
+    print(f"{args.name}: files present and verified under {root}")
     return 0
 
 
