@@ -31,10 +31,12 @@ what made w = 1 work), all used by the functions below:
 - Smoothing e (default 1e-5, the reference code's value) is applied to H before label
   propagation and the smoothed H is also the H of eqs. (7)-(8) (the reference code's default).
 - Label propagation is a linear solve (torch.linalg.solve), never an explicit inverse. The
-  whole graph computation runs in float64: with smoothing e the smallest row sum of I - H_UU
-  is about e N_L / N, so its condition number reaches ~N/e = 1e7, where float32 has no digits
-  left; the loss is returned in the embeddings' dtype. Phi_U is clamped to [0, 1] (the exact
-  solution lies there) so that rounding cannot make M or H^(s) negative.
+  whole graph computation runs in float64 and the loss is returned in the embeddings' dtype:
+  a row sum of I - H_UU is the probability of stepping to a labeled node, which falls to
+  e N_L / N when the embeddings separate, so the condition number reaches ~N / (e N_L)
+  (2e5 for the paper's batches); in float32 Phi_U was off by 2e-3 at embedding norm 5.
+  Phi_U is clamped to [0, 1] (the exact solution lies there) so that rounding cannot make M
+  or H^(s) negative (log of a negative number). Needs a device with float64 (not MPS).
 - Gradients flow through everything: through H and through Phi (so through T and M), as in
   the reference code ("eq. (5) is differentiable", §3.1).
 - m_c gets + 1e-5 (reference code) so a class absent from the labeled batch gives T = 0
