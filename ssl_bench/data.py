@@ -38,6 +38,9 @@ class ImageDataset:
     #: ``augment(x, generator)`` maps a float batch N x C x H x W in [0, 1] on the training device
     #: to an augmented batch of the same shape, drawing all randomness from ``generator``
     augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None
+    #: a fixed input transform (e.g. ZCA whitening fitted on the training set) applied to every
+    #: batch, training and evaluation, after scaling to [0, 1] (and augmentation), before mean/std
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def __post_init__(self):
         for split in ("train", "test"):
@@ -185,6 +188,7 @@ class DeviceData:
                  augment: bool = False):
         self.device = device
         self.augment = dataset.augment if augment else None
+        self.transform = dataset.transform
         self.num_classes = dataset.num_classes
         self.mean = torch.tensor(dataset.mean, device=device).view(1, -1, 1, 1)
         self.std = torch.tensor(dataset.std, device=device).view(1, -1, 1, 1)
@@ -208,13 +212,19 @@ class DeviceData:
         self.generator.manual_seed(seed)
 
     def normalise(self, x_uint8: torch.Tensor) -> torch.Tensor:
-        return (x_uint8.float().div_(255.0) - self.mean) / self.std
+        """uint8 images -> network input: scaled to [0, 1], the data set's transform, mean/std."""
+        return self._finish(x_uint8.float().div_(255.0))
 
     def training_batch(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 training images: scaled to [0, 1], augmented if the run asks for it, normalised."""
         x = images.float().div_(255.0)
         if self.augment is not None:
             x = self.augment(x, self.generator)
+        return self._finish(x)
+
+    def _finish(self, x: torch.Tensor) -> torch.Tensor:
+        if self.transform is not None:
+            x = self.transform(x)
         return (x - self.mean) / self.std
 
     def labeled_batch(self, per_class: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -453,3 +453,15 @@ def test_a_separate_unlabeled_pool_supplies_the_unlabeled_set(digits):
     with pytest.raises(UserError, match="n_unlabeled=41 is more than the 40 images of digits's unlabeled pool"):
         check_counts(digits.train_y.numpy(), 10, n_labeled=20, n_unlabeled=41, overlap=True, n_validation=0,
                      dataset="digits", unlabeled_pool=40)
+
+
+def test_a_data_set_transform_applies_to_training_and_evaluation_batches(digits):
+    import dataclasses
+
+    shifted = dataclasses.replace(digits, transform=lambda x: x + 1.0, mean=(1.0,), std=(1.0,))
+    subsets = draw_subsets(digits.train_y.numpy(), 10, seed=0, n_labeled=20, n_unlabeled=5, overlap=True)
+    data = DeviceData(shifted, subsets, torch.device("cpu"), seed=0)
+    x, _ = data.labeled_batch(2)
+    assert x.min() >= 0 and x.max() <= 1  # (x/255 + 1 - 1) / 1
+    test = data.normalise(digits.test_x[:3])
+    assert torch.allclose(test, digits.test_x[:3].float() / 255)
