@@ -114,6 +114,21 @@ def cmd_figure(args) -> int:
     return 0
 
 
+def cmd_plot(args) -> int:
+    from .plots import plot_metric
+    from .results import read_runs
+
+    _, prepared = _prepare(args, data="skip")
+    out = Path(args.out)
+    grid = prepared.grid
+    path = Path(args.png) if args.png else out / grid.name / "figures" / f"{args.metric}_vs_{args.x}.png"
+    title = f"{grid.name}: {args.metric} vs {args.x}"
+    plot_metric(prepared.runs, read_runs(out, grid.name), x=args.x, metric=args.metric, series=args.series,
+                stat=args.statistic, title=title, path=path)
+    print(path)
+    return 0
+
+
 def cmd_show(args) -> int:
     import pandas as pd
 
@@ -201,6 +216,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train", action="store_true", help="train the run now if its network was not saved")
     p.add_argument("--png", help="output file (default: OUT/GRID/figures/RUN_KIND.png)")
     p.set_defaults(func=cmd_figure)
+
+    p = sub.add_parser("plot", help="plot a metric against a setting as PNG (one line per --series value)")
+    grid_args(p)
+    p.add_argument("--x", required=True, help="setting on the x axis, e.g. methods.cclp.steps")
+    p.add_argument("--metric", default="test_error", help="test_error, val_error, test_error_min, ...")
+    p.add_argument("--series", help="setting with one line per value, e.g. n_labeled")
+    p.add_argument("--statistic", default="median", choices=["median", "mean"])
+    p.add_argument("--png", help="output file (default: OUT/GRID/figures/METRIC_vs_X.png)")
+    p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser("show", help="print one run's row and evaluation curve")
     p.add_argument("run_id", help="a run id or a unique prefix of one")

@@ -63,3 +63,18 @@ def test_figure_trains_the_run_when_asked(tmp_path):
     # supervised has no association figure
     proc = cli("figure", "association", "--grid", str(grid), "--run", rid, "--out", str(out))
     assert proc.returncode == 2 and "available: neighbours" in proc.stderr
+
+
+def test_plot_metric_against_a_setting(tmp_path):
+    grid = write_grid(tmp_path, GRID.replace("n_labeled = 20\n", "") + "[axes]\nn_labeled = [20, 50]\nseed = [0, 1]\n")
+    out = tmp_path / "out"
+    proc = cli("plot", "--grid", str(grid), "--x", "n_labeled", "--out", str(out))
+    assert proc.returncode == 2 and "no finished runs to plot" in proc.stderr
+    assert cli("run", "--grid", str(grid), "--out", str(out), "--no-progress").returncode == 0
+    proc = cli("plot", "--grid", str(grid), "--x", "n_labeled", "--series", "seed", "--metric", "test_error_min",
+               "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    png = out / "fig" / "figures" / "test_error_min_vs_n_labeled.png"
+    assert proc.stdout.strip() == str(png) and png.read_bytes()[:4] == b"\x89PNG"
+    proc = cli("plot", "--grid", str(grid), "--x", "methods.lba.nope", "--out", str(out))
+    assert proc.returncode == 2 and "'methods.lba.nope' is not a setting of every run" in proc.stderr
