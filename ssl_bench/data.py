@@ -97,6 +97,17 @@ def index_hash(indices: np.ndarray) -> str:
     return hashlib.sha256(np.sort(indices).astype("<i8").tobytes()).hexdigest()[:16]
 
 
+def validation_indices(n: int, n_validation: int, seed: int) -> np.ndarray:
+    """A run's validation set: ``n_validation`` of the ``n`` training samples, uniform without
+    replacement, from the seed's own stream; ``draw_subsets`` and ``check_counts`` both use it."""
+    if not n_validation:
+        return np.zeros(0, dtype=np.int64)
+    if n_validation >= n:
+        raise UserError(f"n_validation={n_validation} leaves no training samples (the training set has {n})")
+    rng = np.random.default_rng([seed, 2])
+    return np.sort(rng.choice(n, size=n_validation, replace=False))
+
+
 def draw_subsets(labels: np.ndarray, num_classes: int, *, seed: int, n_labeled, n_unlabeled,
                  overlap: bool, n_validation: int = 0, unlabeled_pool: int | None = None) -> Subsets:
     """Draw one run's subsets from the training labels, all from ``seed``.
@@ -114,15 +125,8 @@ def draw_subsets(labels: np.ndarray, num_classes: int, *, seed: int, n_labeled, 
     the same whatever ``n_unlabeled`` is, and runs at different unlabeled counts are paired.
     """
     n = len(labels)
-    pool = np.arange(n)
-    if n_validation:
-        if n_validation >= n:
-            raise UserError(f"n_validation={n_validation} leaves no training samples (the training set has {n})")
-        rng = np.random.default_rng([seed, 2])
-        validation = np.sort(rng.choice(n, size=n_validation, replace=False))
-        pool = np.setdiff1d(pool, validation)
-    else:
-        validation = np.zeros(0, dtype=np.int64)
+    validation = validation_indices(n, n_validation, seed)
+    pool = np.setdiff1d(np.arange(n), validation) if n_validation else np.arange(n)
 
     if n_labeled == ALL:
         labeled = pool.copy()
@@ -148,11 +152,11 @@ def draw_subsets(labels: np.ndarray, num_classes: int, *, seed: int, n_labeled, 
 
 
 def check_counts(labels: np.ndarray, num_classes: int, *, n_labeled, n_unlabeled, overlap: bool,
-                 n_validation: int, dataset: str, unlabeled_pool: int | None = None) -> None:
+                 n_validation: int, dataset: str, unlabeled_pool: int | None = None, seed: int = 0) -> None:
     """Reject counts the data set cannot supply, before anything is trained.
 
-    The check is conservative where the validation set is random: each class must keep
-    ``n_labeled / num_classes`` samples even if the validation set took the most it could."""
+    Exact: the validation set removed is the one the run ``seed`` draws (``validation_indices``),
+    so each class must keep ``n_labeled / num_classes`` samples after that draw."""
     counts = np.bincount(labels, minlength=num_classes)
     n = len(labels)
     if n_labeled != ALL:
@@ -160,11 +164,16 @@ def check_counts(labels: np.ndarray, num_classes: int, *, n_labeled, n_unlabeled
             raise UserError(f"n_labeled={n_labeled} is not a multiple of the {num_classes} classes of "
                             f"{dataset}: labeled sets are class-balanced")
         per_class = n_labeled // num_classes
-        smallest = int(counts.min()) - n_validation
-        if per_class > smallest:
-            raise UserError(f"n_labeled={n_labeled} asks for {per_class} labeled samples per class, but the "
-                            f"smallest class of {dataset} has {int(counts.min())} training samples"
-                            + (f" ({smallest} after n_validation={n_validation})" if n_validation else ""))
+        validation = validation_indices(n, n_validation, seed)
+        left = counts - np.bincount(labels[validation], minlength=num_classes)
+        if per_class > int(left.min()):
+            if not n_validation:
+                raise UserError(f"n_labeled={n_labeled} asks for {per_class} labeled samples per class, but the "
+                                f"smallest class of {dataset} has {int(counts.min())} training samples")
+            c = int(left.argmin())
+            raise UserError(f"n_labeled={n_labeled} asks for {per_class} labeled samples per class, but class {c} "
+                            f"of {dataset} has {int(left[c])} of its {int(counts[c])} training samples left after "
+                            f"seed {seed}'s n_validation={n_validation}")
     if n_unlabeled != ALL:
         labeled_total = (n - n_validation) if n_labeled == ALL else n_labeled
         if unlabeled_pool is not None:

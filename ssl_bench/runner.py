@@ -106,7 +106,7 @@ def check_against_data(prepared: PreparedGrid, registry: Registry, data_dir: Pat
             raise UserError(f"augment = true, but data set {cfg['dataset']!r} defines no augmentation")
         check_counts(ds.train_y.numpy(), ds.num_classes, n_labeled=cfg["n_labeled"], n_unlabeled=cfg["n_unlabeled"],
                      overlap=cfg["unlabeled_overlap"], n_validation=cfg["n_validation"], dataset=cfg["dataset"],
-                     unlabeled_pool=ds.unlabeled_pool)
+                     unlabeled_pool=ds.unlabeled_pool, seed=cfg["seed"])
         model_key = results.config_json([cfg["backbone"], plugin_args(cfg, "backbone"), key])
         if model_key not in checked_models:
             checked_models.add(model_key)

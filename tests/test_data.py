@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ssl_bench import ImageDataset, UserError
-from ssl_bench.data import DeviceData, Subsets, check_counts, draw_subsets, index_hash
+from ssl_bench.data import DeviceData, Subsets, check_counts, draw_subsets, index_hash, validation_indices
 from ssl_bench_plugins import digits as digits_plugin
 
 
@@ -204,11 +204,21 @@ def test_check_counts_per_class_above_smallest_class(labels):
 
 
 def test_check_counts_per_class_with_validation(labels):
-    check(labels, n_labeled=1160, n_validation=10)
+    """Exact: the seed's own validation draw is removed before the per-class check."""
+    validation = validation_indices(len(labels), 300, seed=3)
+    left = np.bincount(labels, minlength=10) - np.bincount(labels[validation], minlength=10)
+    assert left.min() < 126 - 10 and left.min() > 126 - 300  # neither untouched nor the conservative bound
+    most = 10 * int(left.min())
+    check_counts(labels, 10, n_labeled=most, n_unlabeled=0, overlap=True, n_validation=300, dataset="digits", seed=3)
+    subsets = draw_subsets(labels, 10, seed=3, n_labeled=most, n_unlabeled=0, overlap=True, n_validation=300)
+    assert np.array_equal(subsets.validation, validation) and len(subsets.labeled) == most  # it can be drawn
     with pytest.raises(UserError) as info:
-        check(labels, n_labeled=1170, n_validation=10)
-    assert "asks for 117 labeled samples per class" in str(info.value)
-    assert "(116 after n_validation=10)" in str(info.value)
+        check_counts(labels, 10, n_labeled=most + 10, n_unlabeled=0, overlap=True, n_validation=300,
+                     dataset="digits", seed=3)
+    c = int(left.argmin())
+    assert str(info.value) == (f"n_labeled={most + 10} asks for {most // 10 + 1} labeled samples per class, but "
+                               f"class {c} of digits has {int(left[c])} of its {int(np.bincount(labels)[c])} "
+                               f"training samples left after seed 3's n_validation=300")
 
 
 def test_check_counts_unlabeled_with_overlap(labels):

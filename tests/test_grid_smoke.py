@@ -8,9 +8,17 @@ from ssl_bench.registry import load_registry
 from ssl_bench.results import read_runs
 from ssl_bench.runner import prepare, run_grid
 from ssl_bench.tables import table_frame
+from test_cifar import write_cifar10
 from test_datasets import write_idx_set, write_stl10, write_svhn
 
+
+import numpy as np
 import torch
+
+from ssl_bench.data import check_counts
+
+#: CCLP Fig. 4's chain lengths S
+CHAINS = ["1", "2", "3", "4", "5", "6", "8", "10", "15"]
 
 # table -> (rows, columns) as the paper prints them
 SHAPES = {
@@ -24,17 +32,32 @@ SHAPES = {
     ("stl10_lba", "stl10"): (["1000"], ["lba"]),
     ("fashion_mnist_table3", "table3"): (["100", "500", "1000", "all"], ["0", "20000", "all"]),
     ("digits_table3", "table3"): (["20", "50", "100", "all"], ["0", "500", "all"]),
+    ("cclp_table1", "table1_mnist"): (["100", "all"], ["cclp", "lba", "supervised"]),
+    ("cclp_table1", "table1_svhn"): (["1000", "all"], ["cclp", "lba", "supervised"]),
+    ("cclp_table1", "table1_cifar10"): (["4000", "all"], ["cclp", "lba", "supervised"]),
+    **{("cclp_steps", f"fig4_{data}"): (CHAINS, [limited, "all"])
+       for data, limited in (("mnist", "100"), ("svhn", "1000"), ("cifar10", "4000"))},
+    **{("cclp_steps", f"fig4_{data}_baseline"): (["0"], [limited, "all"])
+       for data, limited in (("mnist", "100"), ("svhn", "1000"), ("cifar10", "4000"))},
+    ("cclp_steps_fashion_mnist", "fig4"): (CHAINS, ["100", "all"]),
+    ("cclp_steps_fashion_mnist", "fig4_baseline"): (["0"], ["100", "all"]),
+    ("cclp_steps_digits", "fig4"): (CHAINS, ["50", "all"]),
+    ("cclp_steps_digits", "fig4_baseline"): (["0"], ["50", "all"]),
+    ("cclp_steps_digits", "fig4_test"): (CHAINS, ["50", "all"]),
+    ("cclp_steps_digits", "fig4_test_baseline"): (["0"], ["50", "all"]),
 }
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    """Just large enough for the grids' counts (20,000 unlabeled; 200 labels per class)."""
+    """Just large enough for the grids' counts (20,000 unlabeled; 200 labels per class; CIFAR-10:
+    400 labels per class after the smoke runs' 100 validation images)."""
     root = tmp_path_factory.mktemp("data")
     write_idx_set(root / "mnist", n_train=20_000, n_test=50)
     write_idx_set(root / "fashion_mnist", n_train=20_000, n_test=50)
     write_svhn(root / "svhn", n_train=20_000, n_test=50, n_extra=10)
     write_stl10(root / "stl10" / "stl10_binary", n_train=1_000, n_test=50, n_unlabeled=40)
+    write_cifar10(root / "cifar10" / "cifar-10-batches-py", n_train=6_000, n_test=50)
     return root
 
 
@@ -70,6 +93,35 @@ def test_every_builtin_grid_is_covered(registry):
 
 def test_paper_grids_have_the_papers_run_counts(registry, tmp_path):
     expected = {"svhn_table3": 240, "svhn_table2": 30, "mnist_table1": 30, "mnist_visit_weight": 40,
-                "svhn_visit_weight": 40, "stl10_lba": 5, "fashion_mnist_table3": 60, "digits_table3": 60}
+                "svhn_visit_weight": 40, "stl10_lba": 5, "fashion_mnist_table3": 60, "digits_table3": 60,
+                "cclp_table1": 180, "cclp_steps": 600, "cclp_steps_fashion_mnist": 100, "cclp_steps_digits": 100}
     for grid, n in expected.items():
         assert len(prepare(grid, registry, data_dir=tmp_path, data="skip").runs) == n, grid
+
+
+# ------------------------------------------------------------------ the Fig. 4 grids on the real data
+#: training-set class counts of the real data sets (MNIST and SVHN: their official training files;
+#: CIFAR-10 and Fashion-MNIST are balanced), to check the counts without the files
+REAL_CLASS_COUNTS = {
+    "mnist": [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949],
+    "svhn": [4948, 13861, 10585, 8497, 7458, 6882, 5727, 5595, 5045, 4659],
+    "cifar10": [5000] * 10,
+    "fashion_mnist": [6000] * 10,
+}
+
+
+@pytest.mark.parametrize("grid", ["cclp_steps", "cclp_steps_fashion_mnist", "cclp_steps_digits"])
+def test_fig4_grids_fit_the_real_class_counts(grid, registry, tmp_path):
+    """The Fig. 4 grids hold out 10,000 training images (120 of digits) and still need 10 / 100 /
+    400 labeled images per class: every run's counts against the real data sets' class counts."""
+    from ssl_bench_plugins.digits import load_digits
+
+    runs = prepare(grid, registry, data_dir=tmp_path, data="skip").runs
+    labels_of = {name: np.repeat(np.arange(10), counts) for name, counts in REAL_CLASS_COUNTS.items()}
+    labels_of["digits"] = load_digits(tmp_path).train_y.numpy()
+    for run in runs:
+        cfg = run.config
+        labels = labels_of[cfg["dataset"]]
+        check_counts(labels, 10, n_labeled=cfg["n_labeled"], n_unlabeled=cfg["n_unlabeled"],
+                     overlap=cfg["unlabeled_overlap"], n_validation=cfg["n_validation"], dataset=cfg["dataset"],
+                     seed=cfg["seed"])
