@@ -2,7 +2,6 @@
 e.g. CCLP's validation error against its chain length S (Fig. 4 of Kamnitsas et al.)."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +10,7 @@ import pandas as pd
 from .errors import UserError
 from .grid import Run, TableSpec
 from .protocol import METRICS
-from .tables import canon, cell_values, statistic
+from .tables import cell_values, statistic
 
 
 def plot_metric(runs: list[Run], rows: pd.DataFrame, *, x: str, metric: str, series: str | None,
