@@ -96,6 +96,19 @@ def fresh_registry():
     registry_module.registry.cache_clear()
 
 
+def load_script(relative: str, name: str):
+    """Import a script of the repository by path (benchmarks/ holds scripts, not only the
+    installed package), once per test session."""
+    import importlib.util
+
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, ROOT / relative)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
 def cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run the installed ``ssl-bench`` entry point in a subprocess."""
     return subprocess.run([sys.executable, "-m", "ssl_bench.cli", *args], cwd=cwd, capture_output=True,

@@ -2,27 +2,14 @@
 at a tiny batch and returns the expected fields. No timing assertions."""
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def load(relative: str, name: str):
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, ROOT / relative)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
+from conftest import load_script
 
 @pytest.fixture(scope="module")
 def cost():
-    return load("benchmarks/perf/cclp_cost.py", "cclp_cost_under_test")
+    return load_script("benchmarks/perf/cclp_cost.py", "cclp_cost_under_test")
 
 
 def test_measure_tiny_batch(cost):

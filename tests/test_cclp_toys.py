@@ -3,29 +3,15 @@ written, and L_sup + L_CCLP (S = 10) gathers each class of the two circles into 
 cluster while L_sup + CER does not."""
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def load(relative: str, name: str):
-    """Import a benchmark script by path (benchmarks/ holds scripts, not only the installed package)."""
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, ROOT / relative)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
+from conftest import load_script
 
 @pytest.fixture(scope="module")
 def toys():
-    return load("benchmarks/cclp_toys.py", "cclp_toys_under_test")
+    return load_script("benchmarks/cclp_toys.py", "cclp_toys_under_test")
 
 
 def test_tiny_circles_figures_and_compactness(toys, tmp_path):
