@@ -79,6 +79,7 @@ def cmd_run(args) -> int:
     from .runner import describe_run, parse_device, run_grid
 
     device = parse_device(args.device)
+    options, pack, executor = _execution(args, device)
     reg, prepared = _prepare(args, data="optional" if args.dry_run else "required")
     if args.dry_run:
         keys = prepared.grid.axis_keys
@@ -88,11 +89,46 @@ def cmd_run(args) -> int:
         return 0
     out = Path(args.out)
     counts = run_grid(prepared, reg, out=out, device=device, retry_failed=args.retry_failed,
-                      show_progress=False if args.no_progress else None, save_models=args.save_models)
+                      show_progress=False if args.no_progress else None, save_models=args.save_models,
+                      options=options, pack=pack, executor=executor)
     print(f"{prepared.grid.name}: {counts['ok']} ok, {counts['diverged']} diverged, {counts['failed']} failed, "
           f"{counts['skipped']} already done; results in {out / prepared.grid.name}", file=sys.stderr)
     _print_tables(prepared, out)
     return 1 if counts["failed"] else 0
+
+
+def _execution(args, device):
+    """Engine options, pack size and executor from the command line, validated before any work."""
+    from .data import default_data_dir
+    from .engine import EngineOptions
+    from .executors import LocalPool, RayExecutor
+    from .runner import parse_device
+
+    options = EngineOptions(bf16=args.bf16, channels_last=args.channels_last, compile=args.compile,
+                            cuda_graphs=args.cuda_graphs)
+    options.validate(device)
+    if args.pack == "auto":
+        pack = "auto"
+    else:
+        try:
+            pack = int(args.pack)
+        except ValueError:
+            pack = 0
+        if pack < 1:
+            raise UserError(f"--pack {args.pack!r}: give a number of runs (1 = no packing) or auto")
+    executor = None
+    if args.executor == "ray":
+        if args.devices:
+            raise UserError("--devices is for --executor local; Ray places tasks itself (see --gpus-per-task)")
+        executor = RayExecutor(args.address, args.gpus_per_task, device)
+    elif args.address:
+        raise UserError("--address is the Ray cluster's address: use it with --executor ray")
+    elif args.devices:
+        devices = [parse_device(d.strip()) for d in args.devices.split(",") if d.strip()]
+        for d in devices:
+            options.validate(d)
+        executor = LocalPool(devices, default_data_dir(args.data_dir))
+    return options, pack, executor
 
 
 def cmd_table(args) -> int:
@@ -198,6 +234,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retry-failed", action="store_true", help="rerun runs recorded as failed")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (one line per finished run)")
     p.add_argument("--save-models", action="store_true", help="keep each run's final network in OUT/GRID/models/")
+    e = p.add_argument_group("execution (how runs train; never changes a run id, recorded in column engine)")
+    e.add_argument("--pack", default="1", metavar="K|auto",
+                   help="train up to K runs that differ only in seed/subsets together (torch.func + vmap); "
+                        "auto: as many as fit in GPU memory (8 on a CPU); default 1")
+    e.add_argument("--bf16", action="store_true", help="bf16 autocast for forward passes")
+    e.add_argument("--channels-last", action="store_true", help="channels_last memory format")
+    e.add_argument("--compile", action="store_true", help="torch.compile the objective")
+    e.add_argument("--cuda-graphs", action="store_true", help="CUDA graphs for the compiled objective (CUDA only)")
+    e.add_argument("--devices", help="comma-separated devices, one worker process each (e.g. cuda:0,cuda:1)")
+    e.add_argument("--executor", default="local", choices=["local", "ray"], help="local processes or a Ray cluster")
+    e.add_argument("--address", help="Ray cluster address (default: start a local Ray instance)")
+    e.add_argument("--gpus-per-task", type=float, default=1.0,
+                   help="GPUs a Ray task asks for with --device cuda (fractions share a GPU); default 1")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("table", help="render a grid's tables from its results")

@@ -189,23 +189,51 @@ def check_counts(labels: np.ndarray, num_classes: int, *, n_labeled, n_unlabeled
 
 
 # --------------------------------------------------------------------------- batches
+class ResidentDataset:
+    """A data set's tensors on the training device (uint8 images, labels, normalisation), copied
+    there once and shared by every run on that device (see :func:`resident`)."""
+
+    def __init__(self, dataset: ImageDataset, device: torch.device):
+        self.dataset = dataset
+        self.device = device
+        self.mean = torch.tensor(dataset.mean, device=device).view(1, -1, 1, 1)
+        self.std = torch.tensor(dataset.std, device=device).view(1, -1, 1, 1)
+        self.train_x, self.train_y = dataset.train_x.to(device), dataset.train_y.to(device)
+        self.test_x, self.test_y = dataset.test_x.to(device), dataset.test_y.to(device)
+        # where unlabeled images come from: the training set, or a separate unlabeled pool
+        self.unlabeled_x = self.train_x if dataset.unlabeled_x is None else dataset.unlabeled_x.to(device)
+
+
+_RESIDENT: dict[str, ResidentDataset] = {}
+
+
+def resident(dataset: ImageDataset, device: torch.device) -> ResidentDataset:
+    """``dataset`` on ``device``, reusing the copy made for the previous run. One data set is kept
+    per device: a grid's runs come grouped by data set, and device memory is not spent twice."""
+    key = str(torch.device(device))
+    held = _RESIDENT.get(key)
+    if held is None or held.dataset is not dataset:
+        _RESIDENT.pop(key, None)  # free the old copy before making the new one
+        held = _RESIDENT[key] = ResidentDataset(dataset, torch.device(device))
+    return held
+
+
 class DeviceData:
     """A run's data on the training device: uint8 images, labels, and samplers that gather
     batches by index with a device-side generator (seeded from the run seed)."""
 
     def __init__(self, dataset: ImageDataset, subsets: Subsets, device: torch.device, seed: int,
-                 augment: bool = False):
+                 augment: bool = False, memory_format: torch.memory_format = torch.contiguous_format):
         self.device = device
         self.augment = dataset.augment if augment else None
         self.transform = dataset.transform
         self.num_classes = dataset.num_classes
-        self.mean = torch.tensor(dataset.mean, device=device).view(1, -1, 1, 1)
-        self.std = torch.tensor(dataset.std, device=device).view(1, -1, 1, 1)
-        self.train_x = dataset.train_x.to(device)
-        # where unlabeled images come from: the training set, or a separate unlabeled pool
-        self.unlabeled_x = self.train_x if dataset.unlabeled_x is None else dataset.unlabeled_x.to(device)
-        self.train_y = dataset.train_y.to(device)
-        self.test_x, self.test_y = dataset.test_x.to(device), dataset.test_y.to(device)
+        self.memory_format = memory_format
+        on_device = resident(dataset, device)
+        self.mean, self.std = on_device.mean, on_device.std
+        self.train_x, self.train_y = on_device.train_x, on_device.train_y
+        self.unlabeled_x = on_device.unlabeled_x
+        self.test_x, self.test_y = on_device.test_x, on_device.test_y
         as_index = lambda a: torch.as_tensor(a, dtype=torch.int64, device=device)
         self.validation = as_index(subsets.validation)
         self.unlabeled = as_index(subsets.unlabeled)
@@ -217,6 +245,7 @@ class DeviceData:
         sizes = torch.bincount(self.labeled_classes, minlength=self.num_classes)
         self.class_sizes = sizes
         self.class_starts = torch.cumsum(sizes, 0) - sizes
+        self.present = torch.nonzero(sizes).squeeze(1)
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(seed)
 
@@ -234,7 +263,7 @@ class DeviceData:
     def _finish(self, x: torch.Tensor) -> torch.Tensor:
         if self.transform is not None:
             x = self.transform(x)
-        return (x - self.mean) / self.std
+        return ((x - self.mean) / self.std).contiguous(memory_format=self.memory_format)
 
     def labeled_batch(self, per_class: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``per_class`` samples of every class that has labeled samples, class-balanced.
@@ -244,7 +273,7 @@ class DeviceData:
         keys = self.labeled_classes.double() + torch.rand(len(self.labeled), generator=self.generator,
                                                          device=self.device, dtype=torch.float64)
         shuffled = self.labeled[torch.argsort(keys)]  # random order within each class block
-        present = torch.nonzero(self.class_sizes).squeeze(1)
+        present = self.present
         slot = torch.arange(per_class, device=self.device)
         pos = self.class_starts[present, None] + slot[None, :] % self.class_sizes[present, None]
         idx = shuffled[pos.reshape(-1)]

@@ -34,6 +34,7 @@ CORE_COLUMNS: dict[str, pa.DataType] = {
     "steps": pa.int64(), "steps_done": pa.int64(), "wall_s": pa.float64(),
     "labeled_hash": pa.string(), "unlabeled_hash": pa.string(), "validation_hash": pa.string(),
     "ssl_bench_version": pa.string(), "torch_version": pa.string(), "device": pa.string(),
+    "engine": pa.string(), "pack_size": pa.int64(),
     "started_at": pa.timestamp("us", tz="UTC"), "finished_at": pa.timestamp("us", tz="UTC"),
     "config": pa.string(),
 }

@@ -19,7 +19,8 @@ import torch
 
 from . import __version__
 from .data import ImageDataset, check_counts
-from .engine import build_method, build_model, train_run
+from .engine import EngineOptions, build_method, build_model, pack_key, packable
+from .executors import InProcess, Unit
 from .errors import UserError
 from .grid import Grid, Run, expand, load_grid, plugin_args
 from .params import Count
@@ -151,7 +152,7 @@ def parse_device(text: str) -> torch.device:
     return device
 
 
-def make_row(run: Run, grid: str, outcome, device: torch.device, started, finished) -> dict[str, Any]:
+def make_row(run: Run, grid: str, outcome, device: str, options: EngineOptions) -> dict[str, Any]:
     cfg = run.config
     row: dict[str, Any] = {k: v for k, v in run.flat().items() if not isinstance(v, dict)}
     for p in PROTOCOL_PARAMS:  # a count setting of "all" is stored as its resolved number below
@@ -165,7 +166,8 @@ def make_row(run: Run, grid: str, outcome, device: torch.device, started, finish
         "n_unlabeled": len(subsets.unlabeled) if subsets is not None else _count(cfg["n_unlabeled"]),
         "steps_done": outcome.steps_done, "wall_s": outcome.wall_s,
         "ssl_bench_version": __version__, "torch_version": torch.__version__, "device": str(device),
-        "started_at": started, "finished_at": finished, "config": results.config_json(cfg),
+        "engine": options.describe(), "pack_size": outcome.pack_size,
+        "started_at": outcome.started, "finished_at": outcome.finished, "config": results.config_json(cfg),
         **outcome.metrics, **(subsets.hashes() if subsets is not None else {}),
     })
     return row
@@ -180,15 +182,59 @@ def describe_run(run: Run, keys: list[str]) -> str:
     return " ".join(f"{k.split('.')[-1]}={flat[k]}" for k in keys if k in flat) or run.config["method"]
 
 
+def plan_units(runs: list[Run], registry: Registry, pack: int) -> list[Unit]:
+    """Group runs into units of work: packs of up to ``pack`` runs that differ only in seed and
+    data subsets (``ssl_bench.engine.pack_key``), in the grid's order of first appearance; runs
+    of a method that cannot be packed (``ssl_bench.engine.packable``) go alone."""
+    groups: dict[tuple[str, str], list[Run]] = {}
+    for run in runs:
+        groups.setdefault((dataset_key(run.config), pack_key(run.config)), []).append(run)
+    units = []
+    for (data_key, _), members in groups.items():
+        size = pack if packable(registry.method(members[0].config["method"])) else 1
+        for start in range(0, len(members), size):
+            chunk = members[start:start + size]
+            units.append(Unit([r.run_id for r in chunk], [r.config for r in chunk], data_key))
+    return units
+
+
+def pack_size_for_memory(per_run_bytes: int, free_bytes: int, *, share: float = 0.6, cap: int = 64) -> int:
+    """How many runs fit in ``share`` of the free device memory at ``per_run_bytes`` each."""
+    return int(max(1, min(cap, share * free_bytes // max(per_run_bytes, 1))))
+
+
+def auto_pack_size(prepared: PreparedGrid, registry: Registry, device: torch.device, options: EngineOptions) -> int:
+    """``--pack auto``: on a GPU, measure one short pack of two runs of the grid's first
+    configuration and fit as many runs as 60% of the free memory holds (at most 64); on a CPU,
+    where memory is not the limit but cache is, packs of up to 8 (benchmarks/perf/RESULTS.md)."""
+    if device.type != "cuda":
+        return 8
+    from .engine import train_pack
+
+    config = dict(prepared.runs[0].config, steps=2, eval_every=2)
+    dataset = prepared.datasets[dataset_key(config)]
+    torch.cuda.synchronize(device)
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    train_pack([config, dict(config, seed=config["seed"] + 1)], registry, dataset, device, options=options)
+    per_run = (torch.cuda.max_memory_allocated(device) - base) / 2
+    free, _ = torch.cuda.mem_get_info(device)
+    return pack_size_for_memory(int(per_run), free)
+
+
 def run_grid(prepared: PreparedGrid, registry: Registry, *, out: Path, device: torch.device,
              retry_failed: bool = False, log: Callable[[str], None] | None = None,
-             show_progress: bool | None = None, save_models: bool = False) -> dict[str, int]:
+             show_progress: bool | None = None, save_models: bool = False,
+             options: EngineOptions = EngineOptions(), pack: int | str = 1, executor=None) -> dict[str, int]:
     """Train every run not yet finished in ``out``; returns counts by outcome. With
-    ``save_models`` the final network of each finished run is kept in ``out/GRID/models/``."""
+    ``save_models`` the final network of each finished run is kept in ``out/GRID/models/``.
+    ``pack``: runs per pack (1: each alone; "auto": see :func:`auto_pack_size`); ``executor``:
+    where units train (default: in this process on ``device``; see ssl_bench.executors)."""
     from tqdm import tqdm
 
     grid = prepared.grid
     log = log or (lambda msg: tqdm.write(msg, file=sys.stderr))
+    options.validate(device)
     results.clean_stale_temporaries(out, grid.name)
     schema = results.harmonise_schema(out, grid.name, prepared.schema)
     done = results.existing_status(out, grid.name)
@@ -199,35 +245,50 @@ def run_grid(prepared: PreparedGrid, registry: Registry, *, out: Path, device: t
         log(f"{grid.name}: {counts['skipped']} of {len(prepared.runs)} runs already finished in {out / grid.name}")
     if not todo:
         return counts
+    if pack == "auto":
+        pack = auto_pack_size(prepared, registry, device, options)
+        log(f"{grid.name}: packing up to {pack} runs per unit (--pack auto on {device})")
+    units = plan_units(todo, registry, int(pack))
+    by_id = {run.run_id: run for run in todo}
     keys = [k for k in grid.axis_keys if len({str(r.flat().get(k)) for r in prepared.runs}) > 1]
     disable = None if show_progress is None else not show_progress
     outer = tqdm(total=len(todo), desc=grid.name, unit="run", file=sys.stderr, disable=disable, position=0)
-    begun = time.perf_counter()
-    for i, run in enumerate(todo):
-        inner = tqdm(total=run.config["steps"], desc=run.run_id, unit="step", leave=False,
-                     file=sys.stderr, disable=disable, position=1)
+    bars: dict[int, Any] = {}
 
-        def on_step(step: int, loss: float, err: float, _bar=inner) -> None:
-            _bar.update(1)
+    def on_step_for(unit: Unit):
+        name = unit.run_ids[0] if len(unit.run_ids) == 1 else f"{len(unit.run_ids)} runs"
+        bar = bars[id(unit)] = tqdm(total=unit.configs[0]["steps"], desc=name, unit="step", leave=False,
+                                    file=sys.stderr, disable=disable, position=1)
+
+        def on_step(step: int, loss: float, err: float) -> None:
+            bar.update(1)
             if step % 20 == 0:
-                _bar.set_postfix(loss=f"{loss:.3f}", err=f"{err:.2f}", refresh=False)
+                bar.set_postfix(loss=f"{loss:.3f}", err=f"{err:.2f}", refresh=False)
+        return on_step
 
-        started = results.now()
-        outcome = train_run(run.config, registry, prepared.datasets[dataset_key(run.config)], device, on_step)
-        finished = results.now()
-        inner.close()
-        if save_models and outcome.model is not None:
-            results.save_model_atomic(outcome.model.state_dict(), results.models_dir(out, grid.name) / f"{run.run_id}.pt")
-        results.write_atomic(results.curves_table(run.run_id, outcome.curves),
-                             results.curves_dir(out, grid.name) / f"{run.run_id}.parquet")
-        row = make_row(run, grid.name, outcome, device, started, finished)
-        results.write_atomic(results.row_table(row, schema), results.runs_dir(out, grid.name) / f"{run.run_id}.parquet")
-        counts[outcome.status] += 1
-        outer.update(1)
-        elapsed = time.perf_counter() - begun
-        eta = elapsed / (i + 1) * (len(todo) - i - 1)
-        detail = f"test_error={outcome.metrics['test_error']:.2f}" if outcome.status == "ok" else outcome.error
-        log(f"[{i + 1}/{len(todo)}] {run.run_id} {describe_run(run, keys)}: {outcome.status} {detail} "
-            f"({outcome.wall_s:.1f}s, ETA {eta:.0f}s)")
+    executor = executor or InProcess(device)
+    begun = time.perf_counter()
+    finished_runs = 0
+    for finished in executor.run(units, prepared.datasets, options=options, keep_models=save_models,
+                                 registry=registry, on_step_for=on_step_for, log=log):
+        if id(finished.unit) in bars:
+            bars.pop(id(finished.unit)).close()
+        for run_id, outcome in zip(finished.unit.run_ids, finished.outcomes):
+            run = by_id[run_id]
+            if save_models and outcome.model is not None:
+                results.save_model_atomic(outcome.model.state_dict(), results.models_dir(out, grid.name) / f"{run_id}.pt")
+            results.write_atomic(results.curves_table(run_id, outcome.curves),
+                                 results.curves_dir(out, grid.name) / f"{run_id}.parquet")
+            row = make_row(run, grid.name, outcome, finished.device, options)
+            results.write_atomic(results.row_table(row, schema), results.runs_dir(out, grid.name) / f"{run_id}.parquet")
+            counts[outcome.status] += 1
+            finished_runs += 1
+            outer.update(1)
+            elapsed = time.perf_counter() - begun
+            eta = elapsed / finished_runs * (len(todo) - finished_runs)
+            detail = f"test_error={outcome.metrics['test_error']:.2f}" if outcome.status == "ok" else outcome.error
+            packed = f", pack of {outcome.pack_size}" if outcome.pack_size > 1 else ""
+            log(f"[{finished_runs}/{len(todo)}] {run_id} {describe_run(run, keys)}: {outcome.status} {detail} "
+                f"({outcome.wall_s:.1f}s{packed}, ETA {eta:.0f}s)")
     outer.close()
     return counts
