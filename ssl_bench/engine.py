@@ -172,7 +172,7 @@ class Objective(nn.Module):
 
 
 class _PerRunOnly:
-    """Stands in for ``ctx.data`` / ``ctx.generator`` in a pack, where they are not one run's."""
+    """Stands in for ``ctx.data`` in a pack, where it is not one run's."""
 
     def __init__(self, what: str):
         self.what = what
@@ -197,7 +197,8 @@ class _Networks:
             self.params = list(models[0].parameters())
             fn = self.objective
         else:
-            ctx = dataclasses.replace(ctxs[0], data=_PerRunOnly("data"), generator=_PerRunOnly("generator"))
+            # no per-run data or generator inside vmap; random ops there fail (randomness="error")
+            ctx = dataclasses.replace(ctxs[0], data=_PerRunOnly("data"), generator=None)
             self.objective = Objective(models[0], method, ctx, config["weight_decay"])
             params, buffers = torch.func.stack_module_state(models)
             self.stacked = {f"model.{k}": v for k, v in {**params, **buffers}.items()}
@@ -278,7 +279,8 @@ def train_pack(configs: Sequence[dict], registry, dataset: ImageDataset, device:
                 return _train(list(configs), registry, dataset, device, on_step, options, packed=True)
             except Exception as exc:  # packing is an optimisation: fall back to solo runs
                 if log:
-                    log(f"note: {len(configs)} runs could not train packed ({type(exc).__name__}: {exc}); "
+                    reason = (str(exc).strip().splitlines() or [""])[0][:200]
+                    log(f"note: {len(configs)} runs could not train packed ({type(exc).__name__}: {reason}); "
                         f"training them one by one")
     return [_train([c], registry, dataset, device, on_step, options, packed=False)[0] for c in configs]
 
@@ -328,7 +330,7 @@ def _train(configs: list[dict], registry, dataset: ImageDataset, device: torch.d
         n_running = 0
         pending: list[tuple[int, dict, dict[str, torch.Tensor]]] = []  # evaluations not yet read
         first_bad = torch.full((k,), -1, dtype=torch.int64, device=device)
-        bad_terms: torch.Tensor | None = None
+        at_bad: dict[str, torch.Tensor] = {}  # the loss and its terms at each run's first bad step
         shown_loss = shown_error = float("nan")
 
         for model in models:
@@ -353,11 +355,12 @@ def _train(configs: list[dict], registry, dataset: ImageDataset, device: torch.d
                 method.on_step_end(models[0], runs[0].ctx)
 
             with torch.no_grad():  # bookkeeping on the device, no host sync
-                values = torch.stack([loss.detach(), *[v.detach() for v in terms.values()]], 1).double()  # K x (1 + T)
-                newly_bad = ~torch.isfinite(loss.detach()) & (first_bad < 0)
+                newly_bad = ~torch.isfinite(loss) & (first_bad < 0)
                 first_bad = torch.where(newly_bad, step, first_bad)
-                bad_terms = values if bad_terms is None else torch.where(newly_bad[:, None], values, bad_terms)
-                running["sum"] = values if "sum" not in running else running["sum"] + values
+                for name, value in (("loss", loss), *terms.items()):
+                    value = value.detach().double()
+                    running[name] = running[name] + value if name in running else value
+                    at_bad[name] = torch.where(newly_bad, value, at_bad[name] if name in at_bad else value)
             n_running += 1
 
             last = step + 1 == steps
@@ -367,20 +370,21 @@ def _train(configs: list[dict], registry, dataset: ImageDataset, device: torch.d
                 for i, bad_step in enumerate(first_bad.tolist()):
                     if bad_step >= 0 and runs[i].status == "running":
                         runs[i].status, runs[i].steps_done = "diverged", bad_step
-                        names = ["loss", *terms]
-                        shown = ", ".join(f"{n}={v:.4g}" for n, v in zip(names[1:], bad_terms[i, 1:].tolist()))
-                        runs[i].error = f"loss is {bad_terms[i, 0].item()} at step {bad_step} (terms: {shown})"
+                        values = {name: value[i].item() for name, value in at_bad.items()}
+                        shown = ", ".join(f"{n}={v:.4g}" for n, v in values.items() if n != "loss")
+                        runs[i].error = f"loss is {values['loss']} at step {bad_step} (terms: {shown})"
                 shown_loss, shown_error = _read_evaluations(pending, runs, shown_loss, shown_error)
                 if all(r.status != "running" for r in runs):
                     break
             if evaluate:
-                mean = running.pop("sum") / n_running
+                means = {name: total / n_running for name, total in running.items()}
+                running = {}
                 point = {"step": step + 1, "lr": optimizer.param_groups[0]["lr"]}
                 errors = {}
                 for split, x, y, normalise in _eval_sets(runs, packed):
                     key = "test_error" if split == "test" else "val_error"
                     errors[key] = (nets.wrong(x, y, normalise), y.shape[-1])
-                pending.append((step, point, {"mean": mean, **errors}, list(terms)))
+                pending.append((step, point, means, errors))
                 n_running = 0
             if on_step:
                 on_step(step + 1, shown_loss, shown_error)
@@ -434,21 +438,17 @@ def _eval_sets(runs: list[_RunState], packed: bool):
 def _read_evaluations(pending: list, runs: list[_RunState], shown_loss: float, shown_error: float):
     """Turn queued evaluations into curve points (one host read each), for runs still training
     at that step; returns the latest mean loss and test error for progress display."""
-    for step, point, tensors, names in pending:
-        host = {"mean": tensors["mean"].tolist()}
-        host.update({key: [100.0 * w / max(n, 1) for w in wrong.tolist()]
-                     for key, (wrong, n) in ((k, v) for k, v in tensors.items() if k != "mean")})
+    for step, point, means, errors in pending:
+        means = {name: value.tolist() for name, value in means.items()}
+        errors = {key: [100.0 * w / max(n, 1) for w in wrong.tolist()] for key, (wrong, n) in errors.items()}
         for i, run in enumerate(runs):
             if run.status == "diverged" and run.steps_done <= step:
                 continue
-            mean = host["mean"][i]
-            entry = dict(point, loss=mean[0], loss_terms=dict(zip(names, mean[1:])))
-            for key in ("test_error", "val_error"):
-                if key in host:
-                    entry[key] = host[key][i]
-            run.curves.append(entry)
-        finite = [host["mean"][i][0] for i, r in enumerate(runs) if math.isfinite(host["mean"][i][0])]
+            terms = {name: values[i] for name, values in means.items() if name != "loss"}
+            run.curves.append(dict(point, loss=means["loss"][i], loss_terms=terms,
+                                   **{key: values[i] for key, values in errors.items()}))
+        finite = [value for value in means["loss"] if math.isfinite(value)]
         shown_loss = sum(finite) / len(finite) if finite else float("nan")
-        shown_error = host["test_error"][0]
+        shown_error = errors["test_error"][0]
     pending.clear()
     return shown_loss, shown_error
