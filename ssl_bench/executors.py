@@ -9,6 +9,10 @@ shared disk and an interrupted grid resumes from the rows already written.
 - :class:`InProcess`: the default; units one after another on ``--device``, with step progress.
 - :class:`LocalPool`: ``--devices cuda:0,cuda:1`` (or ``cpu,cpu``): one worker process per
   listed device (spawned; each loads the data sets itself from the data directory, once).
+
+CPU results depend on the number of intra-op threads (the order of floating-point sums), so
+every CPU worker computes with this process's ``torch.get_num_threads()`` (set
+``OMP_NUM_THREADS`` to choose it): a grid gives the same rows whichever executor trains it.
 - :class:`RayExecutor`: ``--executor ray [--address HOST:PORT]``: each unit a Ray task asking
   for ``--gpus-per-task`` GPUs (fractions allowed, so small runs share a GPU) or one CPU; data
   sets travel once through Ray's object store.
@@ -16,7 +20,6 @@ shared disk and an interrupted grid resumes from the rows already written.
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -110,8 +113,7 @@ class LocalPool:
         queue = context.Queue()
         for device in self.devices:
             queue.put(device)
-        cpu_workers = sum(d == "cpu" for d in self.devices)
-        threads = max(1, (os.cpu_count() or 1) // max(cpu_workers, 1))
+        threads = torch.get_num_threads()  # as this process: the same floating-point results
         with cf.ProcessPoolExecutor(len(self.devices), mp_context=context, initializer=_init_worker,
                                     initargs=(queue, str(self.data_dir), threads)) as pool:
             futures = {pool.submit(_train_in_worker, unit, options, keep_models): unit for unit in units}
@@ -125,10 +127,11 @@ class LocalPool:
 
 
 # --------------------------------------------------------------------------- Ray
-def _train_on_ray(configs, dataset, options, keep_models, gpus):
+def _train_on_ray(configs, dataset, options, keep_models, gpus, threads):
     device = "cuda" if gpus > 0 else "cpu"  # Ray sets CUDA_VISIBLE_DEVICES to the task's GPU
     import ray
 
+    torch.set_num_threads(threads)
     node = ray.get_runtime_context().get_node_id()
     return train_unit(configs, dataset, device, options, keep_models), f"{device}@{node[:8]}"
 
@@ -154,9 +157,13 @@ class RayExecutor:
         if not ray.is_initialized():
             ray.init(address=self.address, include_dashboard=False, log_to_driver=False,
                      configure_logging=False)
-        task = ray.remote(_train_on_ray).options(num_gpus=self.gpus, num_cpus=0 if self.gpus else 1)
+        # A CPU task computes with as many threads as this process (and asks Ray for that many
+        # CPUs): float results depend on the thread count, and must not depend on the executor.
+        threads = 1 if self.gpus else torch.get_num_threads()
+        task = ray.remote(_train_on_ray).options(num_gpus=self.gpus, num_cpus=0 if self.gpus else threads)
         refs = {key: ray.put(ds) for key, ds in datasets.items()}
-        pending = {task.remote(u.configs, refs[u.dataset_key], options, keep_models, self.gpus): u for u in units}
+        pending = {task.remote(u.configs, refs[u.dataset_key], options, keep_models, self.gpus, threads): u
+                   for u in units}
         try:
             while pending:
                 done, _ = ray.wait(list(pending), num_returns=1)
