@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -131,6 +132,27 @@ def _execution(args, device):
     return options, pack, executor
 
 
+def cmd_bench(args) -> int:
+    from .bench import format_report, run_benchmark, write_json
+    from .engine import EngineOptions
+    from .runner import parse_device
+
+    device = parse_device(args.device)
+    options = EngineOptions(bf16=args.bf16, channels_last=args.channels_last, compile=args.compile,
+                            cuda_graphs=args.cuda_graphs)
+    options.validate(device)
+    if args.pack < 1 or args.steps < 1 or args.warmup < 1:
+        raise UserError("--pack, --steps and --warmup must be at least 1")
+    report = run_benchmark(grid=args.grid, device=device, pack=args.pack, steps=args.steps, warmup=args.warmup,
+                           workers=args.workers, options=options, n_images=args.images, skip_naive=args.no_naive,
+                           data_dir=Path(args.data_dir) if args.data_dir else None,
+                           log=lambda msg: print(msg, file=sys.stderr, flush=True))
+    print(format_report(report))
+    if args.json:
+        write_json(report, Path(args.json))
+    return 0
+
+
 def cmd_table(args) -> int:
     _, prepared = _prepare(args, data="skip")
     _print_tables(prepared, Path(args.out), args.format, args.compare, args.show_n, args.table)
@@ -248,6 +270,24 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--gpus-per-task", type=float, default=1.0,
                    help="GPUs a Ray task asks for with --device cuda (fractions share a GPU); default 1")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("bench", help="training throughput: naive torchvision loop vs engine vs packed runs")
+    p.add_argument("--grid", default="svhn_table3", help="grid whose first run with unlabeled data is measured")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--pack", type=int, default=4, help="runs in the packed variant (default 4)")
+    p.add_argument("--steps", type=int, default=10, help="timed steps per variant (default 10)")
+    p.add_argument("--warmup", type=int, default=3, help="steps whose time is subtracted (default 3)")
+    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+                   help="DataLoader workers of the naive loop (default min(4, cores))")
+    p.add_argument("--images", type=int, default=10000, help="random SVHN-format images without --data-dir")
+    p.add_argument("--data-dir", help="data root with the real svhn/train_32x32.mat, svhn/test_32x32.mat")
+    p.add_argument("--no-naive", action="store_true", help="skip the naive loop")
+    p.add_argument("--json", help="also write the numbers as JSON here")
+    p.add_argument("--bf16", action="store_true")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--cuda-graphs", action="store_true")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("table", help="render a grid's tables from its results")
     grid_args(p)
