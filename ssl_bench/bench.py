@@ -83,7 +83,9 @@ def _peak(device: torch.device) -> Callable[[], float | None]:
 
 
 def rate_by_difference(train: Callable[[int], None], short: int, extra: int, device: torch.device) -> float:
-    """Steps per second of ``train(steps)`` from two lengths: set-up and warm-up cancel."""
+    """Steps per second of ``train(steps)`` from two lengths: set-up and warm-up cancel. One
+    untimed call first pays the one-time costs (lazy imports, kernel selection, compilation)."""
+    train(short)
     times = []
     for steps in (short, short + extra):
         _sync(device)
@@ -91,7 +93,10 @@ def rate_by_difference(train: Callable[[int], None], short: int, extra: int, dev
         train(steps)
         _sync(device)
         times.append(time.perf_counter() - start)
-    return extra / max(times[1] - times[0], 1e-9)
+    if times[1] <= times[0]:
+        raise UserError(f"{extra} more steps took no measurable time ({times[0]:.3f}s vs {times[1]:.3f}s): "
+                        f"timing noise is larger than the work; use more --steps")
+    return extra / (times[1] - times[0])
 
 
 # --------------------------------------------------------------------------- (a) the naive loop
@@ -265,7 +270,7 @@ def run_benchmark(*, grid: str, device: torch.device, pack: int, steps: int, war
     best = results[-1]
     report = {
         "date": time.strftime("%Y-%m-%d"), "machine": machine_description(device), "device": str(device),
-        "grid": grid, "data": "random SVHN-format images" if synthetic else str(data_dir), "engine_options": options.describe(), "pack": pack, "naive_workers": workers,
+        "grid": prepared.grid.name, "data": "random SVHN-format images" if synthetic else str(data_dir), "engine_options": options.describe(), "pack": pack, "naive_workers": workers,
         "steps_timed": steps, "flops_per_run_step": flops,
         "matmul_peak_flops": peak_flops, "matmul_peak_dtype": str(peak_dtype).replace("torch.", ""),
         "variants": [{"name": m.name, "runs": m.runs, "steps_per_s": m.steps_per_s,
