@@ -98,16 +98,29 @@ def cmd_run(args) -> int:
     return 1 if counts["failed"] else 0
 
 
-def _execution(args, device):
-    """Engine options, pack size and executor from the command line, validated before any work."""
-    from .data import default_data_dir
+def _engine_options(args, device):
     from .engine import EngineOptions
-    from .executors import LocalPool, RayExecutor
-    from .runner import parse_device
 
     options = EngineOptions(bf16=args.bf16, channels_last=args.channels_last, compile=args.compile,
                             cuda_graphs=args.cuda_graphs)
     options.validate(device)
+    return options
+
+
+def _add_engine_flags(group) -> None:
+    group.add_argument("--bf16", action="store_true", help="bf16 autocast for forward passes")
+    group.add_argument("--channels-last", action="store_true", help="channels_last memory format (runs trained alone)")
+    group.add_argument("--compile", action="store_true", help="torch.compile the objective")
+    group.add_argument("--cuda-graphs", action="store_true", help="CUDA graphs for the compiled objective (CUDA only)")
+
+
+def _execution(args, device):
+    """Engine options, pack size and executor from the command line, validated before any work."""
+    from .data import default_data_dir
+    from .executors import LocalPool, RayExecutor
+    from .runner import parse_device
+
+    options = _engine_options(args, device)
     if args.pack == "auto":
         pack = "auto"
     else:
@@ -134,13 +147,10 @@ def _execution(args, device):
 
 def cmd_bench(args) -> int:
     from .bench import format_report, run_benchmark, write_json
-    from .engine import EngineOptions
     from .runner import parse_device
 
     device = parse_device(args.device)
-    options = EngineOptions(bf16=args.bf16, channels_last=args.channels_last, compile=args.compile,
-                            cuda_graphs=args.cuda_graphs)
-    options.validate(device)
+    options = _engine_options(args, device)
     if args.pack < 1 or args.steps < 1 or args.warmup < 1:
         raise UserError("--pack, --steps and --warmup must be at least 1")
     report = run_benchmark(grid=args.grid, device=device, pack=args.pack, steps=args.steps, warmup=args.warmup,
@@ -260,10 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--pack", default="1", metavar="K|auto",
                    help="train up to K runs that differ only in seed/subsets together (torch.func + vmap); "
                         "auto: as many as fit in GPU memory (8 on a CPU); default 1")
-    e.add_argument("--bf16", action="store_true", help="bf16 autocast for forward passes")
-    e.add_argument("--channels-last", action="store_true", help="channels_last memory format")
-    e.add_argument("--compile", action="store_true", help="torch.compile the objective")
-    e.add_argument("--cuda-graphs", action="store_true", help="CUDA graphs for the compiled objective (CUDA only)")
+    _add_engine_flags(e)
     e.add_argument("--devices", help="comma-separated devices, one worker process each (e.g. cuda:0,cuda:1)")
     e.add_argument("--executor", default="local", choices=["local", "ray"], help="local processes or a Ray cluster")
     e.add_argument("--address", help="Ray cluster address (default: start a local Ray instance)")
@@ -283,10 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="data root with the real svhn/train_32x32.mat, svhn/test_32x32.mat")
     p.add_argument("--no-naive", action="store_true", help="skip the naive loop")
     p.add_argument("--json", help="also write the numbers as JSON here")
-    p.add_argument("--bf16", action="store_true")
-    p.add_argument("--channels-last", action="store_true")
-    p.add_argument("--compile", action="store_true")
-    p.add_argument("--cuda-graphs", action="store_true")
+    _add_engine_flags(p)
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("table", help="render a grid's tables from its results")
