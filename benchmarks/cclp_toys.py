@@ -7,8 +7,8 @@ with the gradient arrows of each loss drawn on each point. One PNG per experimen
 Set-up, as §4 describes it: the embeddings Z (N x 2) are the trainable parameters, initialised
 at the coordinates of a toy data set (sklearn's make_circles / make_moons); g(z) = W z + b is a
 linear classifier (2 classes, W ~ N(0, 0.1^2), b = 0); L_sup is the softmax cross-entropy of g
-on the labeled points (one per class); L_CCLP is ``ssl_bench_plugins.cclp.cclp`` on [Z_L; Z_U];
-CER (Grandvalet & Bengio 2005) is ``ssl_bench_plugins.entmin.mean_entropy`` of g on the
+on the labeled points (one per class); L_CCLP is ``ssl_bench_plugins.methods.cclp.cclp`` on [Z_L; Z_U];
+CER (Grandvalet & Bengio 2005) is ``ssl_bench_plugins.methods.entmin.mean_entropy`` of g on the
 unlabeled points. Z and (W, b) are updated together by plain full-batch gradient descent
 (constant step, no momentum): under CCLP, g gets gradients from L_sup only (L_CCLP does not
 depend on g); under CER from L_sup + w CER.
@@ -61,8 +61,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ssl_bench_plugins.cclp import cclp
-from ssl_bench_plugins.entmin import mean_entropy
+from ssl_bench_plugins.methods.cclp import cclp
+from ssl_bench_plugins.methods.entmin import mean_entropy
 
 CLASS_COLOURS = ("tab:red", "tab:blue")
 

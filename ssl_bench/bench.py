@@ -107,7 +107,7 @@ def naive_loop(config: dict, registry, dataset, data_dir: Path, device: torch.de
     from torch.utils.data import DataLoader, Subset
     from torchvision import transforms as T
 
-    from ssl_bench_plugins import augment as presets
+    from ssl_bench_plugins.augment import ops as presets
 
     augment = T.Compose([
         T.RandomAffine(presets.SVHN_ROTATION_DEG, translate=(presets.SVHN_TRANSLATE_PX / 32,) * 2,

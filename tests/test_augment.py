@@ -1,4 +1,4 @@
-"""Batched augmentation (plugins/augment.py): contracts, hand-checkable cases, the presets."""
+"""Batched augmentation (plugins/augment/ops.py): contracts, hand-checkable cases, the presets."""
 from __future__ import annotations
 
 import inspect
@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
-from ssl_bench_plugins import augment as A
+from ssl_bench_plugins.augment import ops as A
 
 
 def _gen(seed: int = 0, device="cpu") -> torch.Generator:

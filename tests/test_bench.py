@@ -13,8 +13,8 @@ from conftest import cli, write_grid
 from ssl_bench import UserError, bench
 from ssl_bench.grid import expand, parse_grid
 from ssl_bench.registry import registry as installed
-from ssl_bench_plugins.digits import load_digits
-from ssl_bench_plugins.svhn import load_svhn
+from ssl_bench_plugins.datasets.digits import load_digits
+from ssl_bench_plugins.datasets.svhn import load_svhn
 
 TINY_SVHN = """
 name = "tiny_svhn"

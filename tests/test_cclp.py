@@ -20,10 +20,10 @@ from ssl_bench import Batch, Classifier, TrainContext, UserError
 from ssl_bench.engine import train_run
 from ssl_bench.grid import expand, parse_grid
 from ssl_bench.registry import load_registry
-from ssl_bench_plugins.cclp import (CompactClustering, cclp, compact_target, label_agreement, label_propagation,
+from ssl_bench_plugins.methods.cclp import (CompactClustering, cclp, compact_target, label_agreement, label_propagation,
                                     markov_chain_losses, smooth, transition_matrix)
-from ssl_bench_plugins.digits import load_digits
-from ssl_bench_plugins.entmin import EntropyMinimisation, mean_entropy
+from ssl_bench_plugins.datasets.digits import load_digits
+from ssl_bench_plugins.methods.entmin import EntropyMinimisation, mean_entropy
 
 
 def t64(rows):

@@ -1,5 +1,5 @@
 """The CCLP paper's networks (Kamnitsas et al. 2018, §5 "Models"; layer lists of the authors'
-reference code, see plugins/cclp_networks.py) layer by layer, against tables written out here.
+reference code, see plugins/backbones/cclp_networks.py) layer by layer, against tables written out here.
 
 Each expected table lists, module by module for the paper's input, (kind, in channels, out
 channels, output C x H x W) for convolutions and pools, and the kind alone for the
@@ -19,8 +19,8 @@ from ssl_bench import UserError
 from ssl_bench.engine import train_run
 from ssl_bench.grid import expand, parse_grid
 from ssl_bench.registry import load_registry
-from ssl_bench_plugins import cclp_networks as cn
-from ssl_bench_plugins.digits import load_digits
+from ssl_bench_plugins.backbones import cclp_networks as cn
+from ssl_bench_plugins.datasets.digits import load_digits
 
 
 def conv_block(c_in, c_out, hw):

@@ -1,4 +1,4 @@
-"""CIFAR-10 / CIFAR-100 (plugins/cifar.py): the python batches, whitening, checksummed downloads.
+"""CIFAR-10 / CIFAR-100 (plugins/datasets/cifar.py): the python batches, whitening, checksummed downloads.
 
 No network here, so the format is tested on SMALL files written by the test the way the real
 ones were written: Python 2's cPickle (protocol 2) of numpy 1.x arrays, emitted opcode by
@@ -28,7 +28,7 @@ import torch
 
 from ssl_bench import UserError
 from ssl_bench.registry import registry
-from ssl_bench_plugins import cifar
+from ssl_bench_plugins.datasets import cifar
 from test_datasets import assert_pattern, assert_stats, patterned
 
 #: md5 sums of torchvision/datasets/cifar.py (CIFAR10/CIFAR100: tgz_md5, train_list, test_list,

@@ -8,7 +8,7 @@ import torch
 
 from ssl_bench import ImageDataset, UserError
 from ssl_bench.data import DeviceData, Subsets, check_counts, draw_subsets, index_hash, validation_indices
-from ssl_bench_plugins import digits as digits_plugin
+from ssl_bench_plugins.datasets import digits as digits_plugin
 
 
 @pytest.fixture(scope="module")

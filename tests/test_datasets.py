@@ -1,4 +1,4 @@
-"""The file-based data sets (plugins/mnist.py, svhn.py, stl10.py, files.py).
+"""The file-based data sets (plugins/datasets/mnist.py, svhn.py, stl10.py, files.py).
 
 No network here, so each format is tested on SMALL files written by the test in the genuine
 on-disk format (idx via struct + gzip, SVHN .mat via scipy.io.savemat with the real variable
@@ -31,7 +31,10 @@ import torch
 from ssl_bench import UserError
 from ssl_bench.cli import main as cli_main
 from ssl_bench.registry import registry
-from ssl_bench_plugins import files, mnist, stl10, svhn
+from ssl_bench_plugins.datasets import files
+from ssl_bench_plugins.datasets import mnist
+from ssl_bench_plugins.datasets import stl10
+from ssl_bench_plugins.datasets import svhn
 
 from conftest import cli, write_grid
 
@@ -332,13 +335,13 @@ def test_malformed_svhn_is_a_user_error(tmp_path, case, words):
 
 
 def test_augmentation_is_imported_when_called(monkeypatch):
-    """svhn/stl10 attach a function that imports ssl_bench_plugins.augment at call time (the module
+    """svhn/stl10 attach a function that imports ssl_bench_plugins.augment.ops at call time (the module
     may not exist yet); here a stand-in module records the calls."""
     calls = []
-    fake = types.ModuleType("ssl_bench_plugins.augment")
+    fake = types.ModuleType("ssl_bench_plugins.augment.ops")
     fake.svhn_augment = lambda x, g: calls.append(("svhn", g)) or x + 1
     fake.stl10_augment = lambda x, g: calls.append(("stl10", g)) or x * 2
-    monkeypatch.setitem(sys.modules, "ssl_bench_plugins.augment", fake)
+    monkeypatch.setitem(sys.modules, "ssl_bench_plugins.augment.ops", fake)
     g = torch.Generator()
     x = torch.ones(2, 3, 4, 4)
     assert torch.equal(svhn.augment(x, g), x + 1) and torch.equal(stl10.augment(x, g), x * 2)

@@ -14,7 +14,7 @@ from ssl_bench.engine import EngineOptions, build_model, pack_key, packable, tra
 from ssl_bench.grid import expand, parse_grid
 from ssl_bench.registry import load_registry
 from ssl_bench.runner import pack_size_for_memory, plan_units
-from ssl_bench_plugins.digits import load_digits
+from ssl_bench_plugins.datasets.digits import load_digits
 
 GRID = """
 [base]

@@ -114,7 +114,7 @@ REAL_CLASS_COUNTS = {
 def test_fig4_grids_fit_the_real_class_counts(grid, registry, tmp_path):
     """The Fig. 4 grids hold out 10,000 training images (120 of digits) and still need 10 / 100 /
     400 labeled images per class: every run's counts against the real data sets' class counts."""
-    from ssl_bench_plugins.digits import load_digits
+    from ssl_bench_plugins.datasets.digits import load_digits
 
     runs = prepare(grid, registry, data_dir=tmp_path, data="skip").runs
     labels_of = {name: np.repeat(np.arange(10), counts) for name, counts in REAL_CLASS_COUNTS.items()}

@@ -14,9 +14,9 @@ from torch import nn
 
 import ssl_bench
 from ssl_bench import Batch, Classifier, TrainContext, UserError
-from ssl_bench_plugins.association import Association, associate, walker_target
-from ssl_bench_plugins.lba import LearningByAssociation
-from ssl_bench_plugins.supervised import Supervised
+from ssl_bench_plugins.methods.association import Association, associate, walker_target
+from ssl_bench_plugins.methods.lba import LearningByAssociation
+from ssl_bench_plugins.methods.supervised import Supervised
 
 EPS = 1e-8
 E = math.e

@@ -12,7 +12,7 @@ from ssl_bench import Method, UserError, hookimpl, hyperparameter
 from ssl_bench.engine import train_run
 from ssl_bench.grid import expand, parse_grid
 from ssl_bench.registry import load_registry
-from ssl_bench_plugins.digits import load_digits
+from ssl_bench_plugins.datasets.digits import load_digits
 
 EVENTS: list[tuple] = []
 

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ssl_bench import UserError
-from ssl_bench_plugins import lba_convnet as lc
+from ssl_bench_plugins.backbones import lba_convnet as lc
 
 # ---- the paper's layer lists, written out for the paper's inputs ----------------------------------
 

@@ -165,8 +165,8 @@ def test_pseudo_label_alpha_ramp(pseudolabel_installed):
 
 
 # --------------------------------------------------------------------------- built-ins
-BUILTINS = {"lba": "ssl_bench_plugins.lba", "supervised": "ssl_bench_plugins.supervised",
-            "digits": "ssl_bench_plugins.digits", "lba_convnet": "ssl_bench_plugins.lba_convnet"}
+BUILTINS = {"lba": "ssl_bench_plugins.methods.lba", "supervised": "ssl_bench_plugins.methods.supervised",
+            "digits": "ssl_bench_plugins.datasets.digits", "lba_convnet": "ssl_bench_plugins.backbones.lba_convnet"}
 
 
 def test_builtins_are_ssl_bench_entry_points():

@@ -9,7 +9,7 @@ Adam step) of the LbA SVHN network (``lba_svhn((3, 32, 32))`` in ``ssl_bench.Cla
 unlabeled), in two variants that differ only in the loss:
 
 - ``without``: Z = embed([X_L; X_U]) (one forward pass of all N images), L = CE(head(Z_L), y_L);
-- ``with``: the same forward pass, L = CE(head(Z_L), y_L) + w L_CCLP(Z) (``plugins/cclp.py``,
+- ``with``: the same forward pass, L = CE(head(Z_L), y_L) + w L_CCLP(Z) (``plugins/methods/cclp.py``,
   S = 3, dot product, float64 graph, as ``CompactClustering.loss_terms`` computes it).
 
 Both variants train the same network with the same Adam (two copies of the network ran a few
@@ -37,8 +37,8 @@ import torch
 import torch.nn.functional as F
 
 from ssl_bench import Classifier
-from ssl_bench_plugins.cclp import cclp
-from ssl_bench_plugins.lba_convnet import lba_svhn
+from ssl_bench_plugins.methods.cclp import cclp
+from ssl_bench_plugins.backbones.lba_convnet import lba_svhn
 
 NUM_CLASSES = 10
 

@@ -53,7 +53,7 @@ import numpy as np
 import torch
 
 from ssl_bench import DatasetSpec, ImageDataset, UserError, hookimpl
-from ssl_bench_plugins import files
+from ssl_bench_plugins.datasets import files
 
 SIDE, CHANNELS = 32, 3
 ROW = CHANNELS * SIDE * SIDE  # 3072 bytes per image

@@ -3,7 +3,7 @@
 Each step, with a class-balanced labeled batch (x_A, y_A) and a uniform unlabeled batch x_B:
 
 1. embed both batches with the same network: A = phi(x_A), B = phi(x_B)
-2. associate A with B (eqs. 1-3, ssl_bench_plugins.association)
+2. associate A with B (eqs. 1-3, ssl_bench_plugins.methods.association)
 3. L_walker: round trips A -> B -> A should end in the class they started from (eq. 4)
 4. L_visit: every unlabeled sample should be visited (eq. 5); weight it down when B holds
    classes A lacks
@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 
 from ssl_bench import Method, hookimpl, hyperparameter
-from ssl_bench_plugins.association import associate
+from ssl_bench_plugins.methods.association import associate
 
 
 class LearningByAssociation(Method):
@@ -44,7 +44,7 @@ class LearningByAssociation(Method):
 
     @classmethod
     def figures(cls):
-        from ssl_bench_plugins.lba_figures import association
+        from ssl_bench_plugins.methods.lba_figures import association
 
         return {"association": association}
 

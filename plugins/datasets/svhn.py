@@ -19,7 +19,7 @@ md5-verified; URLs and md5 sums are torchvision's (``torchvision/datasets/svhn.p
 ``SVHN.split_list``).
 
 Standard augmentation (``augment = true`` in a grid): ``svhn_augment`` of
-``ssl_bench_plugins.augment`` (random affine + Gaussian blur, as the LbA paper names for SVHN;
+``ssl_bench_plugins.augment.ops`` (random affine + Gaussian blur, as the LbA paper names for SVHN;
 parameters are documented there), imported when first called so that loading never depends on it.
 """
 from __future__ import annotations
@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from ssl_bench import DatasetSpec, ImageDataset, UserError, hookimpl
-from ssl_bench_plugins import files
+from ssl_bench_plugins.datasets import files
 
 NAME = "svhn"
 URL = "http://ufldl.stanford.edu/housenumbers/"
@@ -43,8 +43,8 @@ MD5 = {
 
 
 def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """SVHN's standard augmentation: ``ssl_bench_plugins.augment.svhn_augment``, imported at call time."""
-    from ssl_bench_plugins.augment import svhn_augment
+    """SVHN's standard augmentation: ``ssl_bench_plugins.augment.ops.svhn_augment``, imported at call time."""
+    from ssl_bench_plugins.augment.ops import svhn_augment
 
     return svhn_augment(x, generator)
 

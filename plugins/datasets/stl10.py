@@ -23,7 +23,7 @@ md5-verified), extracts ``stl10_binary/`` into ``DATA_DIR/stl10/``, verifies the
 extracted binary, then deletes the archive. URL and md5 sums are torchvision's
 (``torchvision/datasets/stl10.py``: ``STL10.url``, ``tgz_md5``, ``train_list``, ``test_list``).
 
-Standard augmentation (``augment = true``): ``stl10_augment`` of ``ssl_bench_plugins.augment``
+Standard augmentation (``augment = true``): ``stl10_augment`` of ``ssl_bench_plugins.augment.ops``
 (random crop, brightness/saturation/hue, small rotations, as the LbA paper lists for STL-10),
 imported when first called so that loading never depends on it.
 """
@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from ssl_bench import DatasetSpec, ImageDataset, UserError, hookimpl
-from ssl_bench_plugins import files
+from ssl_bench_plugins.datasets import files
 
 NAME = "stl10"
 SIZE = 96
@@ -54,8 +54,8 @@ CHUNK = 4096
 
 
 def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """STL-10's standard augmentation: ``ssl_bench_plugins.augment.stl10_augment``, imported at call time."""
-    from ssl_bench_plugins.augment import stl10_augment
+    """STL-10's standard augmentation: ``ssl_bench_plugins.augment.ops.stl10_augment``, imported at call time."""
+    from ssl_bench_plugins.augment.ops import stl10_augment
 
     return stl10_augment(x, generator)
 

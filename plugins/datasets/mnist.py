@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from ssl_bench import DatasetSpec, ImageDataset, UserError, hookimpl
-from ssl_bench_plugins import files
+from ssl_bench_plugins.datasets import files
 
 #: idx type code -> numpy dtype (big-endian)
 IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}

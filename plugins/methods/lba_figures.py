@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from ssl_bench.figures import FigureView, show
-from ssl_bench_plugins.association import associate
+from ssl_bench_plugins.methods.association import associate
 
 
 def association(view: FigureView, per_class: int = 2, n_unlabeled: int = 20):
