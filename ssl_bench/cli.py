@@ -23,10 +23,10 @@ def _parse_sets(pairs: list[str]) -> dict:
 
 def cmd_list(args) -> int:
     from .params import describe
-    from .registry import registry
+    from .registry import KINDS, registry
 
     reg = registry()
-    kinds = [args.kind] if args.kind else ["methods", "backbones", "datasets", "grids"]
+    kinds = [args.kind] if args.kind else list(KINDS)
     for kind in kinds:
         if not args.kind:
             print(f"# {kind}")
@@ -36,10 +36,15 @@ def cmd_list(args) -> int:
             if kind == "grids":
                 print(f"{name}\t{provider}\t{item.path}")
                 continue
-            doc = (item.__doc__ or "").strip().split("\n")[0] if kind == "methods" else item.help
+            if isinstance(item, type):  # methods and tasks: their docstring's first line
+                doc = (item.__doc__ or "").strip().split("\n")[0]
+            else:
+                doc = item.help
+            if kind == "metrics":
+                doc = f"{'higher' if item.higher_is_better else 'lower'} is better; {doc}"
             print(f"{name}\t{provider}\t{doc}")
             if args.verbose:
-                params = item.params() if kind == "methods" else item.params
+                params = item.params() if kind == "methods" else getattr(item, "params", None)
                 if params:
                     print(describe(params))
     for broken in reg.broken:
@@ -146,7 +151,7 @@ def _execution(args, device):
 
 
 def cmd_bench(args) -> int:
-    from .bench import format_report, run_benchmark, write_json
+    from ssl_bench_benchmarks.perf.bench import format_report, run_benchmark, write_json
     from .runner import parse_device
 
     device = parse_device(args.device)
@@ -245,8 +250,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="ssl-bench", description="Seeded semi-supervised learning benchmarks.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("list", help="list installed methods, backbones, data sets, grids (and broken plugins)")
-    p.add_argument("kind", nargs="?", choices=["methods", "backbones", "datasets", "grids"])
+    from .registry import KINDS
+
+    p = sub.add_parser("list", help="list installed plugins by kind (methods, backbones, datasets, tasks, metrics, "
+                                    "augmentations, grids) and broken plugins")
+    p.add_argument("kind", nargs="?", choices=list(KINDS))
     p.add_argument("-v", "--verbose", action="store_true", help="show parameters and plugin errors in full")
     p.set_defaults(func=cmd_list)
 

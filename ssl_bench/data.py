@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -109,7 +109,8 @@ def validation_indices(n: int, n_validation: int, seed: int) -> np.ndarray:
 
 
 def draw_subsets(labels: np.ndarray, num_classes: int, *, seed: int, n_labeled, n_unlabeled,
-                 overlap: bool, n_validation: int = 0, unlabeled_pool: int | None = None) -> Subsets:
+                 overlap: bool, n_validation: int = 0, unlabeled_pool: int | None = None,
+                 allowed: np.ndarray | None = None) -> Subsets:
     """Draw one run's subsets from the training labels, all from ``seed``.
 
     1. A validation set of ``n_validation`` samples (uniform) is removed first.
@@ -123,10 +124,14 @@ def draw_subsets(labels: np.ndarray, num_classes: int, *, seed: int, n_labeled, 
 
     Each step uses its own random stream derived from ``seed``, so the labeled set of a seed is
     the same whatever ``n_unlabeled`` is, and runs at different unlabeled counts are paired.
+    ``allowed`` (sorted indices) restricts both sets to part of the training set (retrieval's
+    training classes); None: all of it.
     """
     n = len(labels)
     validation = validation_indices(n, n_validation, seed)
     pool = np.setdiff1d(np.arange(n), validation) if n_validation else np.arange(n)
+    if allowed is not None:
+        pool = np.intersect1d(pool, allowed)
 
     if n_labeled == ALL:
         labeled = pool.copy()
@@ -204,93 +209,214 @@ class ResidentDataset:
         self.unlabeled_x = self.train_x if dataset.unlabeled_x is None else dataset.unlabeled_x.to(device)
 
 
-_RESIDENT: dict[str, ResidentDataset] = {}
+_RESIDENT: dict[str, list[ResidentDataset]] = {}
+#: data sets kept per device: a run uses at most two (domain adaptation: source and target)
+RESIDENT_PER_DEVICE = 2
 
 
 def resident(dataset: ImageDataset, device: torch.device) -> ResidentDataset:
-    """``dataset`` on ``device``, reusing the copy made for the previous run. One data set is kept
-    per device: a grid's runs come grouped by data set, and device memory is not spent twice."""
+    """``dataset`` on ``device``, reusing the copy made for an earlier run. At most two data sets
+    are kept per device (a grid's runs come grouped by data set, and device memory is not spent
+    twice); the least recently used copy is freed first."""
     key = str(torch.device(device))
-    held = _RESIDENT.get(key)
-    if held is None or held.dataset is not dataset:
-        _RESIDENT.pop(key, None)  # free the old copy before making the new one
-        held = _RESIDENT[key] = ResidentDataset(dataset, torch.device(device))
-    return held
+    held = _RESIDENT.setdefault(key, [])
+    for i, copy in enumerate(held):
+        if copy.dataset is dataset:
+            held.append(held.pop(i))
+            return copy
+    while len(held) >= RESIDENT_PER_DEVICE:
+        held.pop(0)  # free the old copy before making the new one
+    held.append(ResidentDataset(dataset, torch.device(device)))
+    return held[-1]
 
 
-class DeviceData:
-    """A run's data on the training device: uint8 images, labels, and samplers that gather
-    batches by index with a device-side generator (seeded from the run seed)."""
+#: an augmentation pipeline: float batch in [0, 1] and a generator -> augmented batch
+Pipeline = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
-    def __init__(self, dataset: ImageDataset, subsets: Subsets, device: torch.device, seed: int,
-                 augment: bool = False, memory_format: torch.memory_format = torch.contiguous_format):
-        self.device = device
-        self.augment = dataset.augment if augment else None
-        self.transform = dataset.transform
-        self.num_classes = dataset.num_classes
-        self.memory_format = memory_format
+
+class Domain:
+    """One data set on the training device with its own normalisation, input transform and
+    standard augmentation: the source and the target of a domain-adaptation run are two."""
+
+    def __init__(self, dataset: ImageDataset, device: torch.device,
+                 memory_format: torch.memory_format = torch.contiguous_format):
         on_device = resident(dataset, device)
-        self.mean, self.std = on_device.mean, on_device.std
+        self.dataset, self.device, self.memory_format = dataset, device, memory_format
+        self.mean, self.std, self.transform = on_device.mean, on_device.std, dataset.transform
+        self.standard_augment = dataset.augment
         self.train_x, self.train_y = on_device.train_x, on_device.train_y
-        self.unlabeled_x = on_device.unlabeled_x
         self.test_x, self.test_y = on_device.test_x, on_device.test_y
-        as_index = lambda a: torch.as_tensor(a, dtype=torch.int64, device=device)
-        self.validation = as_index(subsets.validation)
-        self.unlabeled = as_index(subsets.unlabeled)
-        # Labeled indices sorted by class; a class's members occupy [start, start + size).
-        labeled = as_index(subsets.labeled)
-        order = torch.argsort(self.train_y[labeled], stable=True)
-        self.labeled = labeled[order]
-        self.labeled_classes = self.train_y[self.labeled]
-        sizes = torch.bincount(self.labeled_classes, minlength=self.num_classes)
-        self.class_sizes = sizes
-        self.class_starts = torch.cumsum(sizes, 0) - sizes
-        self.present = torch.nonzero(sizes).squeeze(1)
-        self.generator = torch.Generator(device=device)
-        self.generator.manual_seed(seed)
+        self.unlabeled_x = on_device.unlabeled_x
 
     def normalise(self, x_uint8: torch.Tensor) -> torch.Tensor:
         """uint8 images -> network input: scaled to [0, 1], the data set's transform, mean/std."""
-        return self._finish(x_uint8.float().div_(255.0))
+        return self.prepare(x_uint8, None, None)
 
-    def training_batch(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 training images: scaled to [0, 1], augmented if the run asks for it, normalised."""
-        x = images.float().div_(255.0)
-        if self.augment is not None:
-            x = self.augment(x, self.generator)
-        return self._finish(x)
-
-    def _finish(self, x: torch.Tensor) -> torch.Tensor:
+    def prepare(self, x_uint8: torch.Tensor, pipeline: Pipeline | None, generator: torch.Generator | None):
+        """uint8 training images: scaled to [0, 1], augmented by ``pipeline`` (None: not at all),
+        transformed, normalised."""
+        x = x_uint8.float().div_(255.0)
+        if pipeline is not None:
+            x = pipeline(x, generator)
         if self.transform is not None:
             x = self.transform(x)
         return ((x - self.mean) / self.std).contiguous(memory_format=self.memory_format)
 
-    def labeled_batch(self, per_class: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``per_class`` samples of every class that has labeled samples, class-balanced.
 
-        Within a class the samples are a random permutation, so there are no repeats unless the
-        class has fewer than ``per_class`` labeled samples (then it cycles through them)."""
+class RunLabels:
+    """The run's label vector over the labeled domain's training images (-1: no label).
+
+    It starts as the labels the task gives (the labeled subset's classes) and a method may
+    extend or change it while training (``ctx.labels.assign``: discovered samples with hard
+    pseudo-labels, k-means labels) or return to the start (``reset``); the labeled sampler
+    draws from whatever is labeled now. The count and true accuracy of the labels assigned so
+    far go into the run's curve (``labels_assigned``, ``labels_assigned_accuracy``)."""
+
+    def __init__(self, initial: torch.Tensor, truth: torch.Tensor | None):
+        self.initial = initial
+        self.current = initial.clone()
+        self.truth = truth  # the true classes, for the diagnostics only; never given to methods
+        self.version = 0
+        self.assigned_ever = False
+
+    def assign(self, indices: torch.Tensor, labels: torch.Tensor) -> None:
+        """Give the training images ``indices`` the labels ``labels`` (-1 removes a label)."""
+        self.current[indices] = labels.to(self.current)
+        self.version += 1
+        self.assigned_ever = True
+
+    def reset(self) -> None:
+        """Back to the labels the task gave."""
+        self.current = self.initial.clone()
+        self.version += 1
+
+    def labeled(self) -> torch.Tensor:
+        """Indices of the images labeled now, ascending."""
+        return torch.nonzero(self.current >= 0).squeeze(1)
+
+    def diagnostics(self) -> dict[str, torch.Tensor]:
+        """Count and true accuracy (%) of the labels that differ from the task's (device tensors)."""
+        changed = (self.current != self.initial) & (self.current >= 0)
+        count = changed.sum()
+        stats = {"labels_assigned": count.double()}
+        if self.truth is not None:
+            right = (changed & (self.current == self.truth)).sum()
+            stats["labels_assigned_accuracy"] = 100.0 * right.double() / count.clamp_min(1).double()
+        return stats
+
+
+SAMPLERS = ("class_balanced", "uniform", "p_k")
+
+
+class DeviceData:
+    """A run's data on the training device: uint8 images, its label vector, and samplers that
+    gather batches by index with a device-side generator (seeded from the run seed).
+
+    ``dataset`` is the labeled domain; ``unlabeled_dataset`` (default: the same) the domain of
+    the unlabeled samples, whose images come from its training set or, with
+    ``unlabeled_from_pool`` (default: when it has one), its separate unlabeled pool.
+    ``labels`` is the initial label vector (default: the labeled subset's true classes)."""
+
+    def __init__(self, dataset: ImageDataset, subsets: Subsets, device: torch.device, seed: int,
+                 augment: bool = False, memory_format: torch.memory_format = torch.contiguous_format, *,
+                 labels: np.ndarray | None = None, unlabeled_dataset: ImageDataset | None = None,
+                 unlabeled_from_pool: bool | None = None, num_classes: int | None = None,
+                 hide_labels: bool = False):
+        self.device = device
+        self.augment = augment
+        self.num_classes = num_classes or dataset.num_classes
+        self.memory_format = memory_format
+        self.domain = Domain(dataset, device, memory_format)
+        self.unlabeled_domain = (self.domain if unlabeled_dataset is None or unlabeled_dataset is dataset
+                                 else Domain(unlabeled_dataset, device, memory_format))
+        pool = self.unlabeled_domain.dataset.unlabeled_x is not None if unlabeled_from_pool is None else unlabeled_from_pool
+        self.unlabeled_x = self.unlabeled_domain.unlabeled_x if pool else self.unlabeled_domain.train_x
+        self.mean, self.std = self.domain.mean, self.domain.std
+        self.train_x = self.domain.train_x
+        #: the true training labels; None when the task keeps labels away from training
+        self.train_y = None if hide_labels else self.domain.train_y
+        self.test_x, self.test_y = self.domain.test_x, self.domain.test_y
+        as_index = lambda a: torch.as_tensor(a, dtype=torch.int64, device=device)
+        self.validation = as_index(subsets.validation)
+        self.unlabeled = as_index(subsets.unlabeled)
+        if labels is None:
+            labels = np.full(len(dataset.train_y), -1, dtype=np.int64)
+            labels[subsets.labeled] = dataset.train_y.numpy()[subsets.labeled]
+        self.labels = RunLabels(as_index(labels), None if hide_labels else self.domain.train_y)
+        self._blocks_version = -1
+        self._class_blocks()
+        self.generator = torch.Generator(device=device)
+        self.generator.manual_seed(seed)
+
+    # ---------------------------------------------------------------- images
+    def normalise(self, x_uint8: torch.Tensor) -> torch.Tensor:
+        """uint8 images of the labeled domain -> network input (no augmentation)."""
+        return self.domain.normalise(x_uint8)
+
+    def training_batch(self, images: torch.Tensor, domain: Domain | None = None) -> torch.Tensor:
+        """uint8 training images: scaled to [0, 1], augmented if the run asks for it, normalised."""
+        domain = domain or self.domain
+        return domain.prepare(images, domain.standard_augment if self.augment else None, self.generator)
+
+    def view(self, images: torch.Tensor, pipeline: Pipeline | None, domain: Domain | None = None) -> torch.Tensor:
+        """One more augmented view of uint8 training images (a method's declared view)."""
+        return (domain or self.domain).prepare(images, pipeline, self.generator)
+
+    # ---------------------------------------------------------------- samplers
+    def _class_blocks(self) -> None:
+        """Labeled indices sorted by class; class c occupies [start_c, start_c + size_c)."""
+        if self._blocks_version == self.labels.version:
+            return
+        labeled = self.labels.labeled()
+        classes = self.labels.current[labeled]
+        order = torch.argsort(classes, stable=True)
+        self.labeled, self.labeled_classes = labeled[order], classes[order]
+        sizes = torch.bincount(self.labeled_classes, minlength=self.num_classes)
+        self.class_sizes = sizes
+        self.class_starts = torch.cumsum(sizes, 0) - sizes
+        self.present = torch.nonzero(sizes).squeeze(1)
+        self._blocks_version = self.labels.version
+
+    def labeled_indices(self, per_class: int, sampler: str = "class_balanced", batch: int = 0,
+                        classes: int = 0) -> torch.Tensor:
+        """Indices of one labeled batch.
+
+        - ``class_balanced``: ``per_class`` samples of every class that has labeled samples;
+          within a class a random permutation, so no repeats unless the class has fewer than
+          ``per_class`` labeled samples (then it cycles through them).
+        - ``p_k``: the same for ``classes`` (P) classes drawn without replacement (0: all),
+          K = ``per_class`` samples each (metric learning's P x K batches).
+        - ``uniform``: ``batch`` samples uniformly with replacement (0: per_class x classes)."""
+        self._class_blocks()
+        if sampler == "uniform":
+            size = batch or per_class * self.num_classes
+            return self.labeled[torch.randint(len(self.labeled), (size,), generator=self.generator, device=self.device)]
         keys = self.labeled_classes.double() + torch.rand(len(self.labeled), generator=self.generator,
                                                          device=self.device, dtype=torch.float64)
         shuffled = self.labeled[torch.argsort(keys)]  # random order within each class block
         present = self.present
+        if sampler == "p_k" and classes and classes < len(present):
+            present = present[torch.randperm(len(present), generator=self.generator, device=self.device)[:classes]]
         slot = torch.arange(per_class, device=self.device)
         pos = self.class_starts[present, None] + slot[None, :] % self.class_sizes[present, None]
-        idx = shuffled[pos.reshape(-1)]
-        return self.training_batch(self.train_x[idx]), self.train_y[idx]
+        return shuffled[pos.reshape(-1)]
 
-    def unlabeled_batch(self, size: int) -> torch.Tensor | None:
-        """``size`` samples drawn uniformly (with replacement) from the unlabeled set."""
+    def labeled_batch(self, per_class: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """A class-balanced labeled batch: normalised images and their labels."""
+        idx = self.labeled_indices(per_class)
+        return self.training_batch(self.train_x[idx]), self.labels.current[idx]
+
+    def unlabeled_indices(self, size: int) -> torch.Tensor | None:
+        """``size`` positions drawn uniformly (with replacement) in the unlabeled set."""
         if len(self.unlabeled) == 0 or size == 0:
             return None
         pick = torch.randint(len(self.unlabeled), (size,), generator=self.generator, device=self.device)
-        return self.training_batch(self.unlabeled_x[self.unlabeled[pick]])
+        return self.unlabeled[pick]
 
-    def eval_sets(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        sets = {"test": (self.test_x, self.test_y)}
-        if len(self.validation):
-            sets["validation"] = (self.train_x[self.validation], self.train_y[self.validation])
-        return sets
+    def unlabeled_batch(self, size: int) -> torch.Tensor | None:
+        """``size`` samples drawn uniformly (with replacement) from the unlabeled set."""
+        idx = self.unlabeled_indices(size)
+        return None if idx is None else self.training_batch(self.unlabeled_x[idx], self.unlabeled_domain)
 
 
 def default_data_dir(cli_value: str | Path | None = None) -> Path:
@@ -304,3 +430,35 @@ def default_data_dir(cli_value: str | Path | None = None) -> Path:
         return Path(os.environ["SSL_BENCH_DATA"]).expanduser()
     cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(cache) / "ssl-bench"
+
+
+# --------------------------------------------------------------------------- loading
+def data_roles(config: dict, registry) -> dict[str, str]:
+    """Role -> data-set name of the data sets a run uses (its task decides)."""
+    return registry.task(config.get("task", "ssl"))().data_roles(config)
+
+
+def data_key(config: dict, registry) -> str:
+    """Runs with equal keys use the same loaded data sets."""
+    from .results import config_json
+
+    roles = data_roles(config, registry)
+    return config_json({role: [name, config["datasets"][name]] for role, name in roles.items()})
+
+
+def load_one(name: str, args: dict, registry, data_dir: Path) -> ImageDataset:
+    from .errors import UserError
+
+    spec = registry.dataset(name)
+    try:
+        return spec.load(data_dir, **args)
+    except UserError:
+        raise
+    except Exception as exc:
+        raise UserError(f"data set {name!r} failed to load: {type(exc).__name__}: {exc}") from exc
+
+
+def load_data(config: dict, registry, data_dir: Path) -> dict[str, ImageDataset]:
+    """The run's data sets by role (``"source"``, and e.g. ``"target"``), loaded from ``data_dir``."""
+    return {role: load_one(name, dict(config["datasets"][name]), registry, data_dir)
+            for role, name in data_roles(config, registry).items()}

@@ -31,11 +31,11 @@ from .errors import UserError
 
 @dataclasses.dataclass
 class Unit:
-    """Runs trained together (one, or a pack of equal ``pack_key``), all on one data set."""
+    """Runs trained together (one, or a pack of equal ``pack_key``), all on the same data sets."""
 
     run_ids: list[str]
     configs: list[dict]
-    dataset_key: str
+    data_key: str  # which data sets (``ssl_bench.data.data_key``)
 
 
 @dataclasses.dataclass
@@ -70,7 +70,7 @@ class InProcess:
             on_step_for: Callable[[Unit], Callable] | None = None, log=None) -> Iterator[Finished]:
         for unit in units:
             on_step = on_step_for(unit) if on_step_for else None
-            outcomes = train_unit(unit.configs, datasets[unit.dataset_key], str(self.device), options, keep_models,
+            outcomes = train_unit(unit.configs, datasets[unit.data_key], str(self.device), options, keep_models,
                                   registry, on_step, log)
             yield Finished(unit, outcomes, str(self.device))
 
@@ -87,15 +87,15 @@ def _init_worker(devices, data_dir: str, threads: int) -> None:
 
 
 def _train_in_worker(unit: Unit, options: EngineOptions, keep_models: bool) -> tuple[list[RunOutcome], str]:
+    from .data import load_data
     from .registry import registry
-    from .runner import load_dataset
 
     datasets = _WORKER["datasets"]
-    if unit.dataset_key not in datasets:
-        datasets.clear()  # one data set in memory at a time
-        datasets[unit.dataset_key] = load_dataset(unit.configs[0], registry(), _WORKER["data_dir"])
+    if unit.data_key not in datasets:
+        datasets.clear()  # one run's data sets in memory at a time
+        datasets[unit.data_key] = load_data(unit.configs[0], registry(), _WORKER["data_dir"])
     device = _WORKER["device"]
-    return train_unit(unit.configs, datasets[unit.dataset_key], device, options, keep_models), device
+    return train_unit(unit.configs, datasets[unit.data_key], device, options, keep_models), device
 
 
 class LocalPool:
@@ -162,7 +162,7 @@ class RayExecutor:
         threads = 1 if self.gpus else torch.get_num_threads()
         task = ray.remote(_train_on_ray).options(num_gpus=self.gpus, num_cpus=0 if self.gpus else threads)
         refs = {key: ray.put(ds) for key, ds in datasets.items()}
-        pending = {task.remote(u.configs, refs[u.dataset_key], options, keep_models, self.gpus, threads): u
+        pending = {task.remote(u.configs, refs[u.data_key], options, keep_models, self.gpus, threads): u
                    for u in units}
         try:
             while pending:

@@ -111,9 +111,8 @@ def figure_for_run(prepared, registry, run_prefix: str, kind: str, *, out: Path,
     its saved network (``ssl-bench run --save-models``), or, with ``train``, after training it
     now (deterministic: the same network the grid would produce on this device)."""
     from . import results
-    from .data import draw_subsets
-    from .engine import build_model, train_run
-    from .runner import dataset_key
+    from .data import data_key
+    from .engine import build_method, build_model, plan_run, train_run
 
     grid = prepared.grid
     matches = [run for run in prepared.runs if run.run_id.startswith(run_prefix)]
@@ -126,14 +125,16 @@ def figure_for_run(prepared, registry, run_prefix: str, kind: str, *, out: Path,
     if kind not in available(method_cls):
         raise UserError(f"no figure {kind!r} for method {method_cls.name!r}; "
                         f"available: {', '.join(sorted(available(method_cls)))}")
-    dataset = prepared.datasets[dataset_key(cfg)]
+    data = prepared.datasets[data_key(cfg, registry)]
+    plan = plan_run(cfg, registry, data)
+    dataset = plan.domains[plan.labeled_domain]
     weights = results.models_dir(out, grid.name) / f"{run.run_id}.pt"
     if weights.exists():
-        model = build_model(cfg, registry, dataset)
+        model = build_model(cfg, registry, dataset, plan.num_outputs, build_method(cfg, registry))
         model.load_state_dict(torch.load(weights, map_location="cpu"))
     elif train:
         log(f"training run {run.run_id} for the figure ({cfg['steps']} steps)")
-        outcome = train_run(cfg, registry, dataset, device)
+        outcome = train_run(cfg, registry, data, device)
         if outcome.status != "ok":
             raise UserError(f"run {run.run_id} did not train: {outcome.status}: {outcome.error}")
         model = outcome.model
@@ -142,10 +143,9 @@ def figure_for_run(prepared, registry, run_prefix: str, kind: str, *, out: Path,
         raise UserError(f"no saved network for run {run.run_id} in {weights.parent}: run the grid with "
                         f"`ssl-bench run --save-models`, or add --train to train this run now")
     model = model.to(device).eval()
-    subsets = draw_subsets(dataset.train_y.numpy(), dataset.num_classes, seed=cfg["seed"], n_labeled=cfg["n_labeled"],
-                           n_unlabeled=cfg["n_unlabeled"], overlap=cfg["unlabeled_overlap"],
-                           n_validation=cfg["n_validation"], unlabeled_pool=dataset.unlabeled_pool)
-    data = DeviceData(dataset, subsets, device, cfg["seed"])
+    subsets = plan.subsets
+    data = DeviceData(dataset, subsets, device, cfg["seed"], labels=plan.labels,
+                      unlabeled_dataset=plan.domains[plan.unlabeled_domain], unlabeled_from_pool=plan.unlabeled_from_pool)
     generator = torch.Generator(device=device)
     generator.manual_seed(cfg["seed"])
     title = f"{grid.name} run {run.run_id}: {cfg['method']} on {cfg['dataset']}, n_labeled={cfg['n_labeled']}, " \

@@ -30,8 +30,8 @@ A grid is a TOML file::
     name = "table3"
     rows = "n_labeled"
     columns = "n_unlabeled"
-    metric = "test_error"             # see ssl_bench.protocol.METRICS
-    statistic = "median"              # median | mean
+    metric = "test_error"             # any result column: SET_METRIC[_min|_max|_last_k|_best_val]
+    statistic = "median"              # median | mean | best (the best run, by the metric's direction)
     spread = "std"                    # std | none
     format = ".2f"
     caption = "..."
@@ -60,8 +60,8 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from .errors import UserError
-from .params import Param, validate
-from .protocol import METRICS, PLUGIN_KEYS, PROTOCOL_PARAMS
+from .params import Param, id_value, validate
+from .protocol import PLUGIN_KEYS, PROTOCOL_PARAMS, SUBTABLES
 
 TOP_KEYS = {"name", "description", "base", "axes", "zip", "exclude", "table", "smoke"}
 #: what --smoke sets, before the grid's own [smoke] table and the user's --set options
@@ -174,10 +174,7 @@ def parse_grid(doc: dict, path: Path | None = None, overrides: dict[str, Any] | 
         raise UserError(f"{where}: unknown top-level key(s) {', '.join(sorted(unknown))}; "
                         f"allowed: {', '.join(sorted(TOP_KEYS))}")
     name = doc.get("name") or (path.stem if path else "grid")
-    base = flatten(_table(doc, "base", where))
-    for key, value in base.items():
-        if isinstance(value, list):
-            raise UserError(f"{where}: base.{key} is a list; put it under [axes] to sweep it")
+    base = flatten(_table(doc, "base", where))  # a list is a list-typed value; sweeps go under [axes]
     axes: list[list[dict]] = []
     for key, values in flatten(_table(doc, "axes", where)).items():
         if not isinstance(values, list) or not values:
@@ -237,6 +234,8 @@ def _check_key(key: str, label: str) -> None:
         return
     if len(parts) == 3 and parts[0] in PLUGIN_KEYS.values():
         return
+    if len(parts) == 2 and parts[0] in SUBTABLES:
+        return
     close = difflib.get_close_matches(key, sorted(_PROTOCOL_KEYS | set(PLUGIN_KEYS)), n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     raise UserError(f"{label}: unknown setting {key!r}{hint}. Settings are the protocol keys "
@@ -253,10 +252,11 @@ def _table_spec(raw: dict, where: str, path: Path | None) -> TableSpec:
             raise UserError(f"{where}: every [[table]] needs a string {key!r}")
     spec = TableSpec(**{k: v for k, v in raw.items() if k != "reference"},
                      reference=(path.parent if path else Path.cwd()) / raw["reference"] if raw.get("reference") else None)
-    if spec.metric not in METRICS:
-        raise UserError(f"{where}: table {spec.name!r}: metric {spec.metric!r} unknown; one of {', '.join(METRICS)}")
-    if spec.statistic not in ("median", "mean"):
-        raise UserError(f"{where}: table {spec.name!r}: statistic must be median or mean, got {spec.statistic!r}")
+    # the metric is checked against the runs' result columns when the grid is prepared
+    if not isinstance(spec.metric, str) or not spec.metric:
+        raise UserError(f"{where}: table {spec.name!r}: metric must be a result column name, e.g. test_error")
+    if spec.statistic not in ("median", "mean", "best"):
+        raise UserError(f"{where}: table {spec.name!r}: statistic must be median, mean or best, got {spec.statistic!r}")
     if spec.spread not in ("std", "none"):
         raise UserError(f"{where}: table {spec.name!r}: spread must be std or none, got {spec.spread!r}")
     try:
@@ -280,7 +280,7 @@ def expand(grid: Grid, registry) -> list[Run]:
         config = resolve(flat, registry)
         if _excluded(flatten(config), grid.excludes):  # a key left at its default matches too
             continue
-        run_id = run_id_of(config)
+        run_id = run_id_of(identity(config, registry))
         if run_id in ids:
             continue  # two axis combinations that resolve to the same run (e.g. via zip)
         ids.add(run_id)
@@ -304,6 +304,12 @@ def resolve(flat: dict[str, Any], registry) -> dict:
     tree = unflatten(flat)
     protocol_given = {k: v for k, v in tree.items() if k in _PROTOCOL_KEYS}
     config = validate(PROTOCOL_PARAMS, protocol_given, where="")
+    _check_task_keys(config, registry)
+    for name, params in SUBTABLES.items():
+        given = tree.get(name, {})
+        if not isinstance(given, dict):
+            raise UserError(f"{name} must be a table ([base.{name}]) of {', '.join(p.name for p in params)}")
+        config[name] = validate(params, given, where=f"{name}.")
     for key, section in PLUGIN_KEYS.items():
         name = tree.get(key)
         if not isinstance(name, str):
@@ -312,10 +318,56 @@ def resolve(flat: dict[str, Any], registry) -> dict:
         for other, args in given_sections.items():
             _plugin_params(registry, key, other)  # every named plugin must exist
             validate(_plugin_params(registry, key, other), args, where=f"{section}.{other}.")
-        params = _plugin_params(registry, key, name)
+        used = [name] + ([config["target"]] if key == "dataset" and config["target"] else [])
         config[key] = name
-        config[section] = {name: validate(params, given_sections.get(name, {}), where=f"{section}.{name}.")}
+        config[section] = {n: validate(_plugin_params(registry, key, n), given_sections.get(n, {}),
+                                       where=f"{section}.{n}.") for n in used}
     return config
+
+
+def _check_task_keys(config: dict, registry) -> None:
+    """The run's task exists, and a key that only some task reads (``target``,
+    ``train_classes``) is set only for such a task."""
+    task = registry.task(config["task"])  # an unknown task fails here, with the installed ones
+    by_key: dict[str, list[str]] = {}
+    for name in registry.names("tasks"):
+        for key in registry.task(name).keys:
+            by_key.setdefault(key, []).append(name)
+    defaults = {p.name: p.default for p in PROTOCOL_PARAMS}
+    for key, tasks in by_key.items():
+        if key in task.required and not config[key]:
+            raise UserError(f"task {task.name} needs {key} (see `ssl-bench list tasks -v`), e.g. "
+                            + ('target = "digits_inverted"' if key == "target" else f"{key} = ..."))
+        if key not in task.keys and config[key] != defaults[key]:
+            raise UserError(f"{key} is a setting of task {' / '.join(tasks)}, but this run's task is "
+                            f"{task.name!r}; remove {key} or set task = \"{tasks[0]}\"")
+
+
+def identity(config: dict, registry) -> dict:
+    """The part of a resolved configuration that names the run (what :func:`run_id_of` hashes).
+
+    A parameter declared with ``since`` (added after results existed) is left out while at its
+    default, and a list enters as its comma-joined string, so adding a key, or writing
+    ``widths = [16, 32]`` for the older ``"16,32"``, changes no existing run id."""
+    def strip(values: dict, params: list[Param]) -> dict:
+        by_name = {p.name: p for p in params}
+        out = {}
+        for key, value in values.items():
+            p = by_name.get(key)
+            if p is not None and not p.in_id_at_default and value == p.default:
+                continue
+            out[key] = id_value(value)
+        return out
+
+    out = strip({k: v for k, v in config.items() if k in _PROTOCOL_KEYS}, PROTOCOL_PARAMS)
+    for name, params in SUBTABLES.items():
+        rest = strip(config.get(name, {}), params)
+        if rest:
+            out[name] = rest
+    for key, section in PLUGIN_KEYS.items():
+        out[key] = config[key]
+        out[section] = {n: strip(args, _plugin_params(registry, key, n)) for n, args in config[section].items()}
+    return out
 
 
 def _plugin_params(registry, key: str, name: str) -> list[Param]:

@@ -8,7 +8,9 @@ distribution::
 
 whose functions marked ``@ssl_bench.hookimpl`` implement any of the hooks below. Each hook
 returns a list of the things the plugin contributes. The built-in methods, backbones, data
-sets and grids are plugins of exactly this kind (see ``plugins/``).
+sets, tasks, metrics, augmentation pipelines and grids are plugins of exactly this kind (see
+``plugins/``, one folder per kind). A name ending in ``*`` is a family: ``timm:*`` answers to
+``timm:resnet18``, ``recall@*`` to ``recall@4``.
 """
 from __future__ import annotations
 
@@ -44,3 +46,22 @@ def ssl_bench_datasets() -> list:
 def ssl_bench_grids() -> list:
     """Return a list of paths (``str`` or ``pathlib.Path``) of grid TOML files. A grid's name
     is its ``name`` key, or the file's stem."""
+
+
+@hookspec
+def ssl_bench_tasks() -> list:
+    """Return a list of :class:`ssl_bench.Task` subclasses: what data roles a run draws and how
+    it is evaluated (protocol key ``task``; built-ins ssl, domain_adaptation, clustering,
+    retrieval)."""
+
+
+@hookspec
+def ssl_bench_metrics() -> list:
+    """Return a list of :class:`ssl_bench.Metric`: named numbers computed at each evaluation
+    from what the task collects. A name ending in ``@*`` (``recall@*``) is a family."""
+
+
+@hookspec
+def ssl_bench_augmentations() -> list:
+    """Return a list of :class:`ssl_bench.Augmentation`: named, batched augmentation
+    pipelines that methods ask for as views (``Method.views``)."""

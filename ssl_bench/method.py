@@ -17,17 +17,36 @@ Hyperparameters are annotated class attributes (int, float, bool, str, Literal[.
 defaults; grids set them under ``[base.methods.NAME]``; unknown keys and wrong types are
 errors before training starts. The loop sums the returned terms and logs each one.
 
-Methods with their own schedule (delays, ramps, EMA teachers, periodic re-clustering) keep
+Methods with their own schedule (delays, ramps, periodic re-clustering, generations) keep
 that state on ``self`` and use the lifecycle hooks, which the loop calls in this order::
 
+    build_modules(model, num_outputs)                  # once per run: method-owned modules
     on_train_start(model, ctx)                         # once, after the model is built
     for step in range(steps):
         ctx.step = step
         on_step_start(model, ctx)                      # e.g. re-cluster every k steps
         terms = loss_terms(batch, model, ctx)          # ctx.step / ctx.progress for ramps
-        (backward, optimiser step)
-        on_step_end(model, ctx)                        # e.g. EMA teacher update
-    evaluation uses eval_model(model) (e.g. the EMA teacher) and predict(model, x)
+        (backward, optimiser step, EMA update)
+        on_step_end(model, ctx)                        # e.g. ctx.labels.assign(...), ctx.restart_optimizer()
+        at evaluations: diagnostics(model, ctx)        # extra numbers for the curve
+    evaluation uses eval_model(model) and predict(model, x)
+
+What the core provides, so methods do not re-implement it:
+
+- **Views** (``views = {"unlabeled": ("weak", "strong")}``): augmented copies of each batch by
+  named pipeline (``ssl_bench.views``), in ``batch.views[role]``; ``batch.idx_labeled`` /
+  ``batch.idx_unlabeled`` are the sampled images' indices.
+- **Method-owned modules** (:meth:`Method.build_modules`): centroids, cluster heads,
+  discriminators, created per run from the run's seed; they live in ``model.extras``, train
+  with the network (same optimiser, L2 term over their conv/linear weights), are saved with
+  it and packed with it.
+- **EMA evaluation model** (protocol ``ema_decay``): the engine keeps an exponential moving
+  average of the weights, evaluates it, and hands it to the loss as ``ctx.ema_model`` (a
+  teacher), packed runs included.
+- **Labels** (``ctx.labels``, :class:`ssl_bench.data.RunLabels`): the run's label vector; a
+  method may ``assign`` pseudo-labels or ``reset``; the labeled sampler follows it.
+- **Optimiser restarts** (``ctx.restart_optimizer()``): a fresh optimiser and schedule from
+  the next step (generations).
 """
 from __future__ import annotations
 
@@ -44,11 +63,17 @@ from .params import Param, params_of_class, validate
 @dataclasses.dataclass
 class Batch:
     """One training step's data, normalised and on the device. ``x_unlabeled`` is None when the
-    run has no unlabeled data (n_unlabeled = 0)."""
+    run has no unlabeled data (n_unlabeled = 0); ``x_labeled``/``y_labeled`` are None when the
+    task gives no labels (clustering). ``views[role]`` holds the method's declared views of
+    that role's batch, in the declared order; ``idx_*`` the sampled images' indices (into the
+    labeled domain's training set, and into the unlabeled set's images)."""
 
-    x_labeled: torch.Tensor
-    y_labeled: torch.Tensor
+    x_labeled: torch.Tensor | None
+    y_labeled: torch.Tensor | None
     x_unlabeled: torch.Tensor | None
+    idx_labeled: torch.Tensor | None = None
+    idx_unlabeled: torch.Tensor | None = None
+    views: dict[str, list[torch.Tensor]] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -62,11 +87,21 @@ class TrainContext:
     device: torch.device
     data: Any
     generator: torch.Generator
+    #: the run's label vector (``assign``, ``reset``); None inside a pack
+    labels: Any = None
+    #: the EMA of the network's weights when the run sets ema_decay > 0 (a teacher), else None
+    ema_model: Any = None
+    #: set by :meth:`restart_optimizer`; the engine rebuilds the optimiser and clears it
+    restart_requested: bool = False
 
     @property
     def progress(self) -> float:
         """Fraction of training done, in [0, 1): for ramps."""
         return self.step / max(self.steps, 1)
+
+    def restart_optimizer(self) -> None:
+        """Start a fresh optimiser and learning-rate schedule at the next step (generations)."""
+        self.restart_requested = True
 
 
 class Method:
@@ -75,6 +110,9 @@ class Method:
     name: ClassVar[str] = ""
     #: whether the method uses unlabeled batches at all (the loop skips sampling them if not)
     uses_unlabeled: ClassVar[bool] = True
+    #: the views of each batch the method needs beyond the plain one: role -> pipeline names
+    #: (``ssl_bench.views``), e.g. ``{"unlabeled": ("weak", "strong")}``
+    views: ClassVar[dict[str, tuple[str, ...]]] = {}
 
     def __init__(self, **hparams: Any):
         values = validate(self.params(), hparams, where=f"methods.{self.name}.")
@@ -95,6 +133,18 @@ class Method:
         """Return the named scalar loss terms of this step (already weighted); the loop sums them."""
         raise NotImplementedError
 
+    # ---------------------------------------------------------------- the network
+    def head_width(self, num_outputs: int) -> int:
+        """Outputs of the classifier head; ``num_outputs`` is the task's (classes, clusters).
+        Override e.g. for over-clustering."""
+        return num_outputs
+
+    def build_modules(self, model: nn.Module, num_outputs: int) -> dict[str, nn.Module]:
+        """Trainable modules the method owns (centroids, heads, discriminators): name ->
+        module, created once per run after the network (from the run's seed). They are
+        ``model.extras[name]``, in the optimiser, in saved models and in packs."""
+        return {}
+
     # ---------------------------------------------------------------- lifecycle hooks
     def on_train_start(self, model: nn.Module, ctx: TrainContext) -> None:
         """Called once before the first step."""
@@ -104,6 +154,11 @@ class Method:
 
     def on_step_end(self, model: nn.Module, ctx: TrainContext) -> None:
         """Called after each optimiser step."""
+
+    def diagnostics(self, model: nn.Module, ctx: TrainContext) -> dict[str, Any]:
+        """Extra numbers for the curve at each evaluation (scalars or 0-d device tensors),
+        e.g. the accuracy of labels the method discovered."""
+        return {}
 
     def eval_model(self, model: nn.Module) -> nn.Module:
         """The network to evaluate (e.g. an EMA teacher); by default the trained one."""
@@ -130,6 +185,10 @@ def check_method_class(cls: Any, provider: str) -> None:
         cls.params()
     except TypeError as exc:
         raise TypeError(f"{provider}: {exc}") from None
+    for role, names in cls.views.items():
+        if role not in ("labeled", "unlabeled") or isinstance(names, str):
+            raise TypeError(f"{provider}: method {cls.name}: views must map 'labeled'/'unlabeled' to a tuple of "
+                            f"pipeline names, got {role!r}: {names!r}")
 
 
 __all__ = ["Batch", "Method", "TrainContext", "UserError"]

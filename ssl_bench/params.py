@@ -37,12 +37,21 @@ class Param:
     le: float | None = None
     choices: tuple | None = None
     help: str = ""
+    #: the version that added this parameter: while it is at its default it is left out of run
+    #: ids, so results made before it existed keep their ids (None: always in the id)
+    since: str | None = None
+
+    @property
+    def in_id_at_default(self) -> bool:
+        return self.since is None
 
     @property
     def required(self) -> bool:
         return self.default is _MISSING
 
     def type_name(self) -> str:
+        if _is_list(self.type):
+            return f"list of {typing.get_args(self.type)[0].__name__}"
         if self.type is Count:
             return 'non-negative int or "all"'
         if self.choices is not None:
@@ -52,6 +61,11 @@ class Param:
     def check(self, value: Any, where: str) -> Any:
         """Return ``value`` coerced to this parameter's type, or raise UserError."""
         key = f"{where}{self.name}"
+        if _is_list(self.type):
+            return self._check_list(value, key)
+        if isinstance(value, list):
+            raise UserError(f"{key} must be {self.type_name()}, got the list {value!r}; to sweep it, "
+                            f"put it under [axes]")
         if self.type is Count:
             if isinstance(value, str) and value == ALL:
                 return value
@@ -85,11 +99,40 @@ class Param:
             raise UserError(f"{key} must be <= {self.le}, got {value}")
         return value
 
+    def _check_list(self, value: Any, key: str) -> list:
+        """A list of ints/floats/strs; a comma-separated string (``"16,32"``, the spelling of
+        older grids) is read as the same list."""
+        item_type = typing.get_args(self.type)[0]
+        if isinstance(value, str) and item_type is not str:
+            try:
+                value = [item_type(v) for v in value.split(",") if v.strip()]
+            except ValueError:
+                raise UserError(f"{key} must be a list of {item_type.__name__}, got {value!r}") from None
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"{key} must be a list of {item_type.__name__}, e.g. [16, 32], got {value!r}")
+        return [Param(f"{key}[{i}]", item_type, ge=self.ge, gt=self.gt, le=self.le).check(v, "")
+                for i, v in enumerate(value)]
 
-def hyperparameter(default: Any = _MISSING, *, ge=None, gt=None, le=None, choices=None, help: str = ""):
+
+def _is_list(annotation: Any) -> bool:
+    return typing.get_origin(annotation) is list
+
+
+def id_value(value: Any) -> Any:
+    """How a setting enters a run id: a list as its comma-joined string, the spelling older
+    grids used (``[16, 32]`` and ``"16,32"`` are the same network and the same run)."""
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    return value
+
+
+def hyperparameter(default: Any = _MISSING, *, ge=None, gt=None, le=None, choices=None, help: str = "",
+                   since: str | None = None):
     """Declare a class-attribute parameter with constraints, e.g.
-    ``visit_weight: float = hyperparameter(1.0, ge=0, help="eq. (5)")``."""
-    return _Declared(default, ge, gt, le, tuple(choices) if choices else None, help)
+    ``visit_weight: float = hyperparameter(1.0, ge=0, help="eq. (5)")``. Give ``since`` (the
+    version that adds it) to a parameter added to a published plugin: at its default it stays
+    out of run ids, so earlier results keep theirs."""
+    return _Declared(default, ge, gt, le, tuple(choices) if choices else None, help, since)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,6 +143,7 @@ class _Declared:
     le: Any
     choices: Any
     help: str
+    since: str | None = None
 
 
 _SUPPORTED = (int, float, bool, str, Count)
@@ -111,8 +155,10 @@ def _normalise_type(annotation: Any, owner: str, name: str) -> tuple[Any, tuple 
         return type(choices[0]), choices
     if annotation in _SUPPORTED:
         return annotation, None
+    if _is_list(annotation) and typing.get_args(annotation)[0] in (int, float, str):
+        return annotation, None
     raise TypeError(f"{owner}.{name}: parameter type {annotation!r} is not supported; "
-                    f"use int, float, bool, str, Literal[...] or Count")
+                    f"use int, float, bool, str, Literal[...], Count or list[int|float|str]")
 
 
 def params_of_class(cls: type, stop: type) -> list[Param]:
@@ -131,7 +177,8 @@ def params_of_class(cls: type, stop: type) -> list[Param]:
         raw = getattr(cls, name, _MISSING)
         typ, choices = _normalise_type(annotation, cls.__name__, name)
         if isinstance(raw, _Declared):
-            params.append(Param(name, typ, raw.default, raw.ge, raw.gt, raw.le, raw.choices or choices, raw.help))
+            params.append(Param(name, typ, raw.default, raw.ge, raw.gt, raw.le, raw.choices or choices, raw.help,
+                                raw.since))
         else:
             params.append(Param(name, typ, raw, choices=choices))
     return params
@@ -146,7 +193,11 @@ def params_of_function(fn: Callable, skip: Sequence[str] = ()) -> list[Param]:
             continue
         typ, choices = _normalise_type(hints.get(name, type(p.default)), fn.__name__, name)
         default = _MISSING if p.default is p.empty else p.default
-        params.append(Param(name, typ, default, choices=choices))
+        since = None
+        if isinstance(default, _Declared):  # a factory argument declared with hyperparameter(...)
+            declared = default
+            default, choices, since = declared.default, declared.choices or choices, declared.since
+        params.append(Param(name, typ, default, choices=choices, since=since))
     return params
 
 
@@ -166,7 +217,7 @@ def validate(params: Sequence[Param], given: dict, where: str) -> dict:
         elif p.required:
             raise UserError(f"missing required key {where}{p.name} ({p.type_name()})")
         else:
-            out[p.name] = p.default
+            out[p.name] = list(p.default) if isinstance(p.default, list) else p.default
     return out
 
 

@@ -9,7 +9,10 @@ from typing import Literal
 
 from .params import ALL, Count, Param, hyperparameter, params_of_class
 
-#: the metrics every run records, with the selection rule each one embodies
+V2 = "0.2"  # the core version that added the task, metric, view, sampler and optimiser keys
+
+#: how the classic result columns are described in table captions (every other column is
+#: described from its name: ``ssl_bench.tables.describe_metric``)
 METRICS = {
     "test_error": "test error (%) of the final model, after the last step",
     "test_error_min": "minimum test error (%) over all evaluations: selection on the TEST set, an optimistic bound",
@@ -18,8 +21,6 @@ METRICS = {
     "val_error": "validation error (%) of the final model",
     "test_accuracy": "test accuracy (%) of the final model (100 - test_error)",
 }
-#: metrics computed from a stored column when a table is rendered: name -> (column, function)
-DERIVED_METRICS = {"test_accuracy": ("test_error", lambda error: 100.0 - error)}
 
 
 class Protocol:
@@ -40,8 +41,37 @@ class Protocol:
     lr_decay_every: int = hyperparameter(0, ge=0, help="multiply the lr by lr_decay_factor every this many steps (0: never)")
     lr_decay_factor: float = hyperparameter(0.33, gt=0, le=1)
     augment: bool = hyperparameter(False, help="apply the data set's standard augmentation (see its plugin) to training batches")
-    weight_decay: float = hyperparameter(0.0, ge=0, help="L2 regulariser: weight * sum(w^2)/2 over conv/linear weights, added to the loss")
+    weight_decay: float = hyperparameter(0.0, ge=0, help="L2 regulariser: weight * sum(w^2)/2 over conv/linear weights, added to the loss (optim.weight_decay_style = \"decoupled\": the optimiser's own decay)")
+    # ---- core v2 (version 0.2): each is left out of run ids while at its default
+    task: str = hyperparameter("ssl", help="what the run draws and how it is evaluated: ssl, domain_adaptation, clustering, retrieval (`ssl-bench list tasks`)", since=V2)
+    target: str = hyperparameter("", help="domain_adaptation: the target data set (its training images are the unlabeled set)", since=V2)
+    train_classes: list[int] = hyperparameter([], ge=0, help="retrieval: the training classes (the rest are held out for evaluation); [] = the first half", since=V2)
+    sampler: Literal["class_balanced", "uniform", "p_k"] = hyperparameter("class_balanced", help="labeled batches: labeled_per_class of every class; uniform draws (labeled_batch); P classes x K=labeled_per_class (classes_per_batch)", since=V2)
+    labeled_batch: int = hyperparameter(0, ge=0, help="uniform sampler: labeled batch size (0: labeled_per_class x classes)", since=V2)
+    classes_per_batch: int = hyperparameter(0, ge=0, help="p_k sampler: P, the classes in each labeled batch (0: all)", since=V2)
+    ema_decay: float = hyperparameter(0.0, ge=0, le=0.99999, help="evaluate an exponential moving average of the weights with this decay (0: the trained weights); methods read it as ctx.ema_model", since=V2)
+    metrics: list[str] = hyperparameter([], help="metrics beyond the task's defaults, e.g. [\"nmi\", \"recall@4\"] (`ssl-bench list metrics`)", since=V2)
+    pretrained: str = hyperparameter("", help="a local file holding the backbone's weights (a state_dict); its sha256 is stored in the row", since=V2)
+
+
+class Optim:
+    """The optimiser and schedule beyond ``optimizer``/``lr``/``lr_decay_*``/``weight_decay``:
+    the ``[base.optim]`` sub-table (``optim.KEY`` in axes and --set)."""
+
+    momentum: float = hyperparameter(0.9, ge=0, le=1, help="SGD momentum", since=V2)
+    nesterov: bool = hyperparameter(False, help="SGD with Nesterov momentum", since=V2)
+    betas: list[float] = hyperparameter([0.9, 0.999], ge=0, help="Adam's (beta1, beta2)", since=V2)
+    weight_decay_style: Literal["l2_loss", "decoupled"] = hyperparameter(
+        "l2_loss", help="l2_loss: weight_decay * sum(w^2)/2 added to the loss; decoupled: AdamW's decay for adam, "
+                        "torch SGD's weight_decay (w -= lr * wd * w through the gradient) for sgd", since=V2)
+    schedule: Literal["step", "cosine", "constant"] = hyperparameter(
+        "step", help="step: x lr_decay_factor every lr_decay_every steps; cosine: lr * cos(cosine_fraction * pi * t / steps); constant", since=V2)
+    cosine_fraction: float = hyperparameter(0.5, gt=0, le=0.5, help="cosine schedule: 0.5 anneals to 0, 7/16 is FixMatch's cos(7 pi k / 16 K)", since=V2)
+    warmup_steps: int = hyperparameter(0, ge=0, help="linear warm-up of the learning rate from 0 over this many steps", since=V2)
 
 
 PROTOCOL_PARAMS: list[Param] = params_of_class(Protocol, stop=object)
+OPTIM_PARAMS: list[Param] = params_of_class(Optim, stop=object)
+#: protocol sub-tables: name -> their parameters (``optim.momentum``)
+SUBTABLES: dict[str, list[Param]] = {"optim": OPTIM_PARAMS}
 PLUGIN_KEYS = {"method": "methods", "backbone": "backbones", "dataset": "datasets"}

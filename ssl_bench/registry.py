@@ -12,7 +12,7 @@ import functools
 import importlib.metadata
 import traceback
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import pluggy
 
@@ -21,8 +21,53 @@ from .backbone import Backbone
 from .data import DatasetSpec
 from .errors import UserError
 from .method import Method, check_method_class
+from .metric import Metric
+from .task import Task, check_task_class
+from .views import Augmentation
 
-KINDS = ("methods", "backbones", "datasets", "grids")
+
+def _instance_of(cls: type, kind: str):
+    def check(thing: Any, provider: "Provider") -> Any:
+        if not isinstance(thing, cls):
+            raise TypeError(f"ssl_bench_{kind} returned {thing!r}, not an ssl_bench.{cls.__name__}")
+        return thing
+    return check
+
+
+def _grid_source(thing: Any, provider: "Provider") -> "GridSource":
+    from .grid import grid_name_of_file
+
+    path = Path(thing)
+    return GridSource(grid_name_of_file(path), path)
+
+
+def _class_check(checker):
+    def check(thing: Any, provider: "Provider") -> Any:
+        checker(thing, str(provider))
+        return thing
+    return check
+
+
+@dataclasses.dataclass(frozen=True)
+class Kind:
+    """A kind of plugin: its hook ``ssl_bench_<name>``, the word for one item in messages, and
+    the check each contributed item passes at discovery."""
+
+    name: str
+    label: str
+    check: Callable[[Any, "Provider"], Any]
+
+
+#: every kind of plugin, in one table: adding a kind is one line here and one hook spec
+KINDS: dict[str, Kind] = {k.name: k for k in [
+    Kind("methods", "method", _class_check(check_method_class)),
+    Kind("backbones", "backbone", _instance_of(Backbone, "backbones")),
+    Kind("datasets", "data set", _instance_of(DatasetSpec, "datasets")),
+    Kind("tasks", "task", _class_check(check_task_class)),
+    Kind("metrics", "metric", _instance_of(Metric, "metrics")),
+    Kind("augmentations", "augmentation pipeline", _instance_of(Augmentation, "augmentations")),
+    Kind("grids", "grid", _grid_source),
+]}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,36 +107,50 @@ class Registry:
     def names(self, kind: str) -> list[str]:
         return sorted(self.items[kind])
 
-    def method(self, name: str) -> type[Method]:
-        return self._get("methods", "method", name)
+    def get(self, kind: str, name: str) -> Any:
+        """The item ``name`` of ``kind`` (a family member such as ``timm:resnet18`` gives the
+        family's item; see :meth:`family_member`)."""
+        return self.family_member(kind, name)[0]
 
-    def dataset(self, name: str) -> DatasetSpec:
-        return self._get("datasets", "data set", name)
-
-    def grid(self, name: str) -> GridSource:
-        return self._get("grids", "grid", name)
-
-    def backbone(self, name: str) -> tuple[Backbone, str | None]:
-        """The backbone spec and, for a family such as ``timm:*``, the variant (``resnet18``)."""
-        if name in self.items["backbones"]:
-            return self.items["backbones"][name], None
-        for spec in self.items["backbones"].values():
-            prefix = spec.name[:-1]
-            if spec.is_family and name.startswith(prefix) and len(name) > len(prefix):
-                return spec, name[len(prefix):]
-        return self._get("backbones", "backbone", name), None
-
-    def _get(self, kind: str, label: str, name: str):
+    def family_member(self, kind: str, name: str) -> tuple[Any, str | None]:
+        """The item and, for a member of a family (``timm:*``, ``recall@*``), the variant
+        (``resnet18``, ``4``)."""
         if name in self.items[kind]:
-            return self.items[kind][name]
+            return self.items[kind][name], None
+        for family, item in self.items[kind].items():
+            prefix = family[:-1]
+            if family.endswith("*") and name.startswith(prefix) and len(name) > len(prefix):
+                return item, name[len(prefix):]
         known = self.names(kind)
         close = difflib.get_close_matches(name, known, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
-        msg = f"unknown {label} {name!r}.{hint} Installed: {', '.join(known) or 'none'}."
+        msg = f"unknown {KINDS[kind].label} {name!r}.{hint} Installed: {', '.join(known) or 'none'}."
         if self.broken:
             msg += " Broken plugins (they may have provided it): " + "; ".join(
                 f"{b.provider.distribution}:{b.provider.entry_point}: {b.error}" for b in self.broken)
         raise UserError(msg)
+
+    def method(self, name: str) -> type[Method]:
+        return self.get("methods", name)
+
+    def dataset(self, name: str) -> DatasetSpec:
+        return self.get("datasets", name)
+
+    def grid(self, name: str) -> GridSource:
+        return self.get("grids", name)
+
+    def task(self, name: str) -> type[Task]:
+        return self.get("tasks", name)
+
+    def augmentation(self, name: str) -> Augmentation:
+        return self.get("augmentations", name)
+
+    def metric(self, name: str) -> Metric:
+        return self.get("metrics", name)
+
+    def backbone(self, name: str) -> tuple[Backbone, str | None]:
+        """The backbone spec and, for a family such as ``timm:*``, the variant (``resnet18``)."""
+        return self.family_member("backbones", name)
 
 
 def _entry_points() -> list[importlib.metadata.EntryPoint]:
@@ -134,40 +193,25 @@ def load_registry(extra_plugins: Iterable[tuple[str, Any]] = ()) -> Registry:
 
     items: dict[str, dict[str, Any]] = {k: {} for k in KINDS}
     item_providers: dict[str, dict[str, Provider]] = {k: {} for k in KINDS}
-    for kind in KINDS:
-        hook = getattr(pm.hook, f"ssl_bench_{kind}")
+    for kind in KINDS.values():
+        hook = getattr(pm.hook, f"ssl_bench_{kind.name}")
         for impl in hook.get_hookimpls():
             provider = providers[id(impl.plugin)]
             try:
-                contributed = [_check(kind, thing, provider) for thing in impl.function() or []]
+                contributed = [kind.check(thing, provider) for thing in impl.function() or []]
             except Exception as exc:
                 fail(provider, exc)
                 continue
             for thing in contributed:
-                name = thing.name
-                if name in items[kind]:
-                    other = item_providers[kind][name]
+                name, label = thing.name, kind.label
+                if name in items[kind.name]:
+                    other = item_providers[kind.name][name]
                     raise UserError(
-                        f"{kind[:-1]} name {name!r} is provided twice: by {other} and by {provider}. "
-                        f"Uninstall one of these distributions or rename the {kind[:-1]} in one of them.")
-                items[kind][name] = thing
-                item_providers[kind][name] = provider
+                        f"{label} name {name!r} is provided twice: by {other} and by {provider}. "
+                        f"Uninstall one of these distributions or rename the {label} in one of them.")
+                items[kind.name][name] = thing
+                item_providers[kind.name][name] = provider
     return Registry(items, item_providers, broken)
-
-
-def _check(kind: str, thing: Any, provider: Provider) -> Any:
-    if kind == "methods":
-        check_method_class(thing, str(provider))
-    elif kind == "backbones" and not isinstance(thing, Backbone):
-        raise TypeError(f"ssl_bench_backbones returned {thing!r}, not an ssl_bench.Backbone")
-    elif kind == "datasets" and not isinstance(thing, DatasetSpec):
-        raise TypeError(f"ssl_bench_datasets returned {thing!r}, not an ssl_bench.DatasetSpec")
-    elif kind == "grids":
-        from .grid import grid_name_of_file
-
-        path = Path(thing)
-        return GridSource(grid_name_of_file(path), path)
-    return thing
 
 
 @functools.lru_cache(maxsize=1)

@@ -36,13 +36,14 @@ CORE_COLUMNS: dict[str, pa.DataType] = {
     "ssl_bench_version": pa.string(), "torch_version": pa.string(), "device": pa.string(),
     "engine": pa.string(), "pack_size": pa.int64(),
     "started_at": pa.timestamp("us", tz="UTC"), "finished_at": pa.timestamp("us", tz="UTC"),
-    "config": pa.string(),
+    "config": pa.string(), "pretrained_sha256": pa.string(),
 }
 _ARROW = {int: pa.int64(), float: pa.float64(), bool: pa.bool_(), str: pa.string(), Count: pa.string()}
 
 
 def arrow_type(param: Param) -> pa.DataType:
-    return _ARROW[param.type]
+    """A parameter's column type; a list is stored as its comma-joined string (as in run ids)."""
+    return _ARROW.get(param.type, pa.string())
 
 
 def runs_dir(out: Path, grid: str) -> Path:
@@ -86,17 +87,21 @@ def row_table(row: dict[str, Any], schema: pa.Schema) -> pa.Table:
 
 
 #: one schema for every curve file, so the curves folder reads as one table; the method's
-#: named loss terms (mean over the steps since the last evaluation) are a map column
+#: named loss terms (mean over the steps since the last evaluation) are a map column, and so are
+#: every other evaluated value (``test_nmi``, ``source_test_error``, ...) and the method's
+#: diagnostics (``labels_assigned``, ...)
 CURVE_SCHEMA = pa.schema([
     ("run_id", pa.string()), ("step", pa.int64()), ("lr", pa.float64()), ("loss", pa.float64()),
     ("test_error", pa.float64()), ("val_error", pa.float64()), ("loss_terms", pa.map_(pa.string(), pa.float64())),
+    ("metrics", pa.map_(pa.string(), pa.float64())),
 ])
 
 
 def curves_table(run_id: str, curves: list[dict]) -> pa.Table:
     rows = [{"run_id": run_id, "step": c["step"], "lr": c.get("lr"), "loss": c.get("loss"),
              "test_error": c.get("test_error"), "val_error": c.get("val_error"),
-             "loss_terms": sorted(c.get("loss_terms", {}).items())} for c in curves]
+             "loss_terms": sorted(c.get("loss_terms", {}).items()),
+             "metrics": sorted(c.get("metrics", {}).items())} for c in curves]
     return pa.Table.from_pylist(rows, schema=CURVE_SCHEMA)
 
 
@@ -177,16 +182,23 @@ def read_runs(out: Path, grid: str) -> pd.DataFrame:
 
 
 def read_curves(out: Path, grid: str, run_id: str | None = None) -> pd.DataFrame:
-    """A grid's evaluation curves (or one run's) with the loss terms as ``loss_<name>`` columns."""
+    """A grid's evaluation curves (or one run's) with the loss terms as ``loss_<name>`` columns
+    and the other evaluated values and diagnostics as columns of their own names."""
     directory = curves_dir(out, grid)
     files = [directory / f"{run_id}.parquet"] if run_id else sorted(
         p for p in directory.glob("*.parquet") if not p.name.startswith("."))
     files = [p for p in files if p.exists()]
     if not files:
         return pd.DataFrame(columns=CURVE_SCHEMA.names)
-    frame = pa.concat_tables([pq.read_table(p) for p in files]).to_pandas()
-    terms = pd.DataFrame([dict(t) if t is not None else {} for t in frame.pop("loss_terms")], index=frame.index)
-    return frame.join(terms.add_prefix("loss_"))
+    tables = [pq.read_table(p) for p in files]
+    tables = [t if "metrics" in t.column_names else  # curves written before 0.2 have no metrics map
+              t.append_column("metrics", pa.array([None] * len(t), CURVE_SCHEMA.field("metrics").type)) for t in tables]
+    frame = pa.concat_tables(tables).to_pandas()
+    widened = [frame]
+    for column, prefix in (("loss_terms", "loss_"), ("metrics", "")):
+        values = pd.DataFrame([dict(v) if v is not None else {} for v in frame.pop(column)], index=frame.index)
+        widened.append(values.add_prefix(prefix))
+    return pd.concat(widened, axis=1)
 
 
 def now() -> dt.datetime:

@@ -1,9 +1,11 @@
 """Running a grid: validate everything first, then train the runs not yet on disk.
 
 Order of work, so that bad input never costs a result:
-1. load and expand the grid, resolving every run (unknown names and keys fail here);
-2. load each data set once and check every run's counts against it; build each backbone
-   once to check its arguments;
+1. load and expand the grid, resolving every run (unknown names and keys fail here) and
+   check each table's metric against the columns the runs will have;
+2. load each run's data sets once and let its task check the settings against them (counts,
+   shapes, classes); build each network once to check its arguments (and pretrained weights);
+   resolve the method's views;
 3. only then create the output directory and train, writing each run's row atomically.
 """
 from __future__ import annotations
@@ -18,14 +20,18 @@ import pyarrow as pa
 import torch
 
 from . import __version__
-from .data import ImageDataset, check_counts
-from .engine import EngineOptions, build_method, build_model, pack_key, packable
+from .backbone import file_sha256
+from .data import ImageDataset, data_key, load_data
+from .engine import EngineOptions, build_method, build_model, pack_key, packable, plan_run
 from .executors import InProcess, Unit
 from .errors import UserError
 from .grid import Grid, Run, expand, load_grid, plugin_args
-from .params import Count
-from .protocol import PLUGIN_KEYS, PROTOCOL_PARAMS
+from .metric import summary_columns
+from .params import Count, id_value
+from .protocol import PLUGIN_KEYS, PROTOCOL_PARAMS, SUBTABLES
 from .registry import Registry
+from .task import EvalSpec
+from .views import ALIASES
 from . import results
 
 
@@ -33,7 +39,7 @@ from . import results
 class PreparedGrid:
     grid: Grid
     runs: list[Run]
-    datasets: dict[str, ImageDataset]  # by dataset key (see dataset_key)
+    datasets: dict[str, dict[str, ImageDataset]]  # a run's data sets by role, by data key (see data_key)
     schema: pa.Schema
 
 
@@ -47,20 +53,6 @@ def find_grid(ref: str, registry: Registry) -> Path:
     return registry.grid(ref).path
 
 
-def dataset_key(config: dict) -> str:
-    return results.config_json({"name": config["dataset"], "args": plugin_args(config, "dataset")})
-
-
-def load_dataset(config: dict, registry: Registry, data_dir: Path) -> ImageDataset:
-    spec = registry.dataset(config["dataset"])
-    try:
-        return spec.load(data_dir, **plugin_args(config, "dataset"))
-    except UserError:
-        raise
-    except Exception as exc:
-        raise UserError(f"data set {config['dataset']!r} failed to load: {type(exc).__name__}: {exc}") from exc
-
-
 def prepare(ref: str, registry: Registry, *, overrides: dict[str, Any] | None = None, smoke: bool = False,
             data_dir: Path, data: str = "required", warn: Callable[[str], None] | None = None) -> PreparedGrid:
     """Load, expand and validate a grid. ``data``: "required" loads every data set and checks
@@ -70,70 +62,104 @@ def prepare(ref: str, registry: Registry, *, overrides: dict[str, Any] | None = 
     runs = expand(grid, registry)
     if not runs:
         raise UserError(f"grid {grid.name!r} expands to no runs (check [[exclude]])")
+    schema = row_schema(runs, registry)
     for table in grid.tables:
         for axis in (table.rows, table.columns, *table.where):
             if not all(axis in run.flat() for run in runs):
                 raise UserError(f"grid {grid.name!r}: table {table.name!r} refers to {axis!r}, which is not a "
                                 f"setting of every run")
-    prepared = PreparedGrid(grid, runs, {}, row_schema(runs, registry))
+        check_table_metric(grid.name, table, schema)
+    prepared = PreparedGrid(grid, runs, {}, schema)
     if data != "skip":
         check_against_data(prepared, registry, data_dir, optional=data == "optional",
                            warn=warn or (lambda msg: print(msg, file=sys.stderr)))
     return prepared
 
 
+def check_table_metric(grid: str, table, schema: pa.Schema) -> None:
+    """A table's metric must be a numeric result column (or an accuracy derived from an error)."""
+    from .tables import metric_column
+
+    names = set(schema.names)
+    if metric_column(table.metric, names) is None:
+        numeric = sorted(f.name for f in schema if pa.types.is_floating(f.type) and f.name not in ("wall_s",))
+        raise UserError(f"grid {grid!r}: table {table.name!r}: metric {table.metric!r} is not a result column of "
+                        f"its runs; one of {', '.join(numeric)}")
+
+
 def check_against_data(prepared: PreparedGrid, registry: Registry, data_dir: Path, *, optional: bool,
                        warn: Callable[[str], None]) -> None:
-    """Load each data set once; check every run's counts, backbone arguments and method."""
+    """Load each run's data sets once; let its task check its settings against them; build
+    each network once (arguments, pretrained weights); resolve the method's views."""
     datasets = prepared.datasets
     unavailable: set[str] = set()
     checked_models: set[str] = set()
     for run in prepared.runs:
         cfg = run.config
-        key = dataset_key(cfg)
+        key = data_key(cfg, registry)
         if key in unavailable:
             continue
         if key not in datasets:
             try:
-                datasets[key] = load_dataset(cfg, registry, data_dir)
+                datasets[key] = load_data(cfg, registry, data_dir)
             except UserError as exc:
                 if not optional:
                     raise
                 unavailable.add(key)
                 warn(f"note: counts not checked against data set {cfg['dataset']!r}: {exc}")
                 continue
-        ds = datasets[key]
-        if cfg["augment"] and ds.augment is None:
-            raise UserError(f"augment = true, but data set {cfg['dataset']!r} defines no augmentation")
-        check_counts(ds.train_y.numpy(), ds.num_classes, n_labeled=cfg["n_labeled"], n_unlabeled=cfg["n_unlabeled"],
-                     overlap=cfg["unlabeled_overlap"], n_validation=cfg["n_validation"], dataset=cfg["dataset"],
-                     unlabeled_pool=ds.unlabeled_pool, seed=cfg["seed"])
-        model_key = results.config_json([cfg["backbone"], plugin_args(cfg, "backbone"), key])
+        data = datasets[key]
+        if cfg["augment"]:
+            for role, ds in data.items():
+                if ds.augment is None:
+                    raise UserError(f"augment = true, but data set {ds.name!r} ({role}) defines no augmentation")
+        task = registry.task(cfg["task"])()
+        task.check(cfg, data)
+        method = build_method(cfg, registry)
+        for names in method.views.values():
+            for name in names:  # an unknown pipeline fails here, with the installed ones
+                name = ALIASES.get(name, name)
+                if name not in ("none", "standard"):
+                    registry.augmentation(name)
+        model_key = results.config_json([cfg["backbone"], plugin_args(cfg, "backbone"), cfg["pretrained"], key,
+                                         cfg["method"], plugin_args(cfg, "method")])
         if model_key not in checked_models:
             checked_models.add(model_key)
+            plan = plan_run(cfg, registry, data)
+            source = plan.domains[plan.labeled_domain]
             try:
-                build_model(cfg, registry, ds)
+                build_model(cfg, registry, source, plan.num_outputs, method)
             except UserError:
                 raise
             except Exception as exc:
                 raise UserError(f"backbone {cfg['backbone']!r} cannot be built with {plugin_args(cfg, 'backbone')} "
-                                f"for input {ds.input_shape}: {type(exc).__name__}: {exc}") from exc
-        build_method(cfg, registry)
+                                f"for input {source.input_shape}: {type(exc).__name__}: {exc}") from exc
 
 
 def row_schema(runs: list[Run], registry: Registry) -> pa.Schema:
-    """Core columns, then every protocol setting, then every plugin parameter of the grid."""
+    """Core columns, the summaries of every metric the runs' tasks evaluate, every protocol
+    setting, then every plugin parameter of the grid."""
     fields = dict(results.CORE_COLUMNS)
+    for run in runs:
+        task = registry.task(run.config["task"])()
+        for split in task.eval_set_names(run.config):
+            for metric in task.eval_metrics(run.config, EvalSpec(split, "source", split)):
+                columns = list(summary_columns(split, metric, registry.metric(metric).higher_is_better))
+                for column in columns[:1] if split == "val" else columns:  # validation: final value only
+                    fields.setdefault(column, pa.float64())
     for p in PROTOCOL_PARAMS:
         if p.name not in fields:
             fields[p.name] = results.arrow_type(p)
+    for sub, params in SUBTABLES.items():
+        for p in params:
+            fields.setdefault(f"{sub}.{p.name}", results.arrow_type(p))
     for run in runs:
         for key, section in PLUGIN_KEYS.items():
-            name = run.config[key]
-            params = (registry.method(name).params() if key == "method" else
-                      registry.backbone(name)[0].params if key == "backbone" else registry.dataset(name).params)
-            for p in params:
-                fields.setdefault(f"{section}.{name}.{p.name}", results.arrow_type(p))
+            for name in run.config[section]:
+                params = (registry.method(name).params() if key == "method" else
+                          registry.backbone(name)[0].params if key == "backbone" else registry.dataset(name).params)
+                for p in params:
+                    fields.setdefault(f"{section}.{name}.{p.name}", results.arrow_type(p))
     return pa.schema(list(fields.items()))
 
 
@@ -154,7 +180,7 @@ def parse_device(text: str) -> torch.device:
 
 def make_row(run: Run, grid: str, outcome, device: str, options: EngineOptions) -> dict[str, Any]:
     cfg = run.config
-    row: dict[str, Any] = {k: v for k, v in run.flat().items() if not isinstance(v, dict)}
+    row: dict[str, Any] = {k: id_value(v) for k, v in run.flat().items() if not isinstance(v, dict)}
     for p in PROTOCOL_PARAMS:  # a count setting of "all" is stored as its resolved number below
         if p.type is Count:
             row.pop(p.name, None)
@@ -168,6 +194,7 @@ def make_row(run: Run, grid: str, outcome, device: str, options: EngineOptions) 
         "ssl_bench_version": __version__, "torch_version": torch.__version__, "device": str(device),
         "engine": options.describe(), "pack_size": outcome.pack_size,
         "started_at": outcome.started, "finished_at": outcome.finished, "config": results.config_json(cfg),
+        "pretrained_sha256": file_sha256(cfg["pretrained"]) if cfg.get("pretrained") else None,
         **outcome.metrics, **(subsets.hashes() if subsets is not None else {}),
     })
     return row
@@ -188,13 +215,13 @@ def plan_units(runs: list[Run], registry: Registry, pack: int) -> list[Unit]:
     of a method that cannot be packed (``ssl_bench.engine.packable``) go alone."""
     groups: dict[tuple[str, str], list[Run]] = {}
     for run in runs:
-        groups.setdefault((dataset_key(run.config), pack_key(run.config)), []).append(run)
+        groups.setdefault((data_key(run.config, registry), pack_key(run.config)), []).append(run)
     units = []
-    for (data_key, _), members in groups.items():
+    for (key, _), members in groups.items():
         size = pack if packable(registry.method(members[0].config["method"])) else 1
         for start in range(0, len(members), size):
             chunk = members[start:start + size]
-            units.append(Unit([r.run_id for r in chunk], [r.config for r in chunk], data_key))
+            units.append(Unit([r.run_id for r in chunk], [r.config for r in chunk], key))
     return units
 
 
@@ -212,7 +239,7 @@ def auto_pack_size(prepared: PreparedGrid, registry: Registry, device: torch.dev
     from .engine import train_pack
 
     config = dict(prepared.runs[0].config, steps=2, eval_every=2)
-    dataset = prepared.datasets[dataset_key(config)]
+    dataset = prepared.datasets[data_key(config, registry)]
     torch.cuda.synchronize(device)
     base = torch.cuda.memory_allocated(device)
     torch.cuda.reset_peak_memory_stats(device)

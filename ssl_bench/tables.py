@@ -19,7 +19,8 @@ from tabulate import tabulate
 
 from .errors import UserError
 from .grid import Run, TableSpec
-from .protocol import DERIVED_METRICS, METRICS
+from .metric import SUMMARIES
+from .protocol import METRICS
 
 FORMATS = ("markdown", "latex", "csv", "html")
 MISSING = "—"
@@ -53,6 +54,36 @@ def load_reference(path: Path, table: str) -> dict[tuple[str, str], tuple[float,
     return out
 
 
+_ACCURACY_OF_ERROR = {"_max": "_min", "_min": "_max"}
+
+
+def metric_column(metric: str, columns) -> tuple[str, bool] | None:
+    """Where a table's metric comes from: (column, derived as 100 - an error?). A bare metric
+    name (``cluster_accuracy``) means the main evaluation set's (``test_cluster_accuracy``). A
+    ``SET_accuracy[...]`` missing from the rows (results written before the accuracy metric)
+    is 100 minus the matching ``SET_error`` summary (``_max`` of accuracy is ``_min`` of error)."""
+    for name in (metric, f"test_{metric}"):
+        if name in columns:
+            return name, False
+        if "_accuracy" in name and "cluster_accuracy" not in name:
+            head, _, tail = name.partition("_accuracy")
+            column = f"{head}_error{_ACCURACY_OF_ERROR.get(tail, tail)}"
+            if column in columns:
+                return column, True
+    return None
+
+
+def describe_metric(metric: str) -> str:
+    """How a table's metric was obtained, for its caption: the classic columns' own words,
+    else the column's set and metric and its summary (``ssl_bench.metric.SUMMARIES``)."""
+    if metric in METRICS:
+        return METRICS[metric]
+    for suffix, summary in (("_min", "best"), ("_max", "best"), ("_last_k", "last_k"), ("_best_val", "best_val")):
+        if metric.endswith(suffix):
+            return f"{metric[:-len(suffix)]}, {SUMMARIES[summary]}"
+    return f"{metric}, {SUMMARIES['']}"
+
+
 def cell_values(spec: TableSpec, runs: list[Run], rows: pd.DataFrame):
     """(row labels, column labels, {(row, col): array of metric values}, excluded-status counts)."""
     selected = []
@@ -73,17 +104,25 @@ def cell_values(spec: TableSpec, runs: list[Run], rows: pd.DataFrame):
         if row["status"] != "ok":
             excluded[row["status"]] = excluded.get(row["status"], 0) + 1
             continue
-        column, transform = DERIVED_METRICS.get(spec.metric, (spec.metric, float))
-        value = row.get(column)
+        found = metric_column(spec.metric, row.index)
+        value = row.get(found[0]) if found else None
         if value is not None and not pd.isna(value):
-            cells[(r, c)].append(float(transform(value)))
+            cells[(r, c)].append(100.0 - float(value) if found[1] else float(value))
     return row_labels, col_labels, {k: np.array(v) for k, v in cells.items()}, excluded
+
+
+def higher_is_better(metric: str) -> bool:
+    """A metric column's direction, from its name (errors and mmd fall, the rest rise)."""
+    return not any(word in metric for word in ("error", "mmd", "loss"))
 
 
 def statistic(values: np.ndarray, spec: TableSpec) -> tuple[float, float]:
     if len(values) == 0:
         return float("nan"), float("nan")
-    centre = float(np.median(values) if spec.statistic == "median" else np.mean(values))
+    if spec.statistic == "best":
+        centre = float(np.max(values) if higher_is_better(spec.metric) else np.min(values))
+    else:
+        centre = float(np.median(values) if spec.statistic == "median" else np.mean(values))
     spread = float(np.std(values, ddof=1)) if spec.spread == "std" and len(values) > 1 else float("nan")
     return centre, spread
 
@@ -100,8 +139,8 @@ def format_cell(centre: float, spread: float, fmt: str, n: int | None = None) ->
 
 
 def describe(spec: TableSpec, excluded: dict[str, int]) -> str:
-    stat = spec.statistic + (" (std, ddof=1)" if spec.spread == "std" else "")
-    text = f"Cells: {stat} over runs; {METRICS[spec.metric]}."
+    stat = ("best run" if spec.statistic == "best" else spec.statistic) + (" (std, ddof=1)" if spec.spread == "std" else "")
+    text = f"Cells: {stat} over runs; {describe_metric(spec.metric)}."
     if excluded:
         text += " Excluded: " + ", ".join(f"{n} {status}" for status, n in sorted(excluded.items())) + " run(s)."
     return text

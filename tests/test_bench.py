@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from conftest import cli, write_grid
-from ssl_bench import UserError, bench
+from ssl_bench import UserError
+from ssl_bench_benchmarks.perf import bench
 from ssl_bench.grid import expand, parse_grid
 from ssl_bench.registry import registry as installed
 from ssl_bench_plugins.datasets.digits import load_digits

@@ -229,17 +229,17 @@ def test_initialisation_follows_the_reference(build, shape, gain):
 
 
 def test_widths_and_embedding_dim_parameters():
-    net = cn.cclp_mnist((1, 28, 28), widths="4,8,16", embedding_dim=6)
+    net = cn.cclp_mnist((1, 28, 28), widths=[4, 8, 16], embedding_dim=6)
     assert net.embedding_dim == 6 and net.eval()(torch.zeros(2, 1, 28, 28)).shape == (2, 6)
     assert [m.out_channels for m in net.modules() if isinstance(m, nn.Conv2d)] == [4, 4, 8, 8, 16, 6]
-    net = cn.cclp_cifar10((3, 32, 32), widths="8,16", embedding_dim=5)
+    net = cn.cclp_cifar10((3, 32, 32), widths=[8, 16], embedding_dim=5)
     assert [m.out_channels for m in net.modules() if isinstance(m, nn.Conv2d)] == [8, 8, 8, 16, 16, 16, 16, 16, 5]
 
 
 @pytest.mark.parametrize("build, kwargs, words", [
-    (cn.cclp_mnist, {"widths": "32,64"}, "3 comma-separated"),
-    (cn.cclp_mnist, {"widths": "a,b,c"}, "widths"),
-    (cn.cclp_cifar10, {"widths": "96,0"}, "2 comma-separated positive"),
+    (cn.cclp_mnist, {"widths": [32, 64]}, "3 positive ints"),
+    (cn.cclp_mnist, {"widths": [32, 64, -1]}, "widths"),
+    (cn.cclp_cifar10, {"widths": [96, 0]}, "2 positive ints"),
     (cn.cclp_cifar10, {"embedding_dim": 0}, "embedding_dim"),
     (cn.cclp_svhn, {"dropout": 1.0}, "dropout"),
     (cn.cclp_svhn, {"input_channel_dropout": -0.1}, "input_channel_dropout"),
@@ -268,10 +268,10 @@ def test_registered_with_their_parameters():
         spec, variant = registry.backbone(name)
         assert variant is None and registry.providers["backbones"][name].distribution == "ssl-bench"
     params = {p.name: p.default for p in registry.backbone("cclp_svhn")[0].params}
-    assert params == {"embedding_dim": 128, "widths": "64,128", "input_noise": 0.05, "input_channel_dropout": 0.1,
+    assert params == {"embedding_dim": 128, "widths": [64, 128], "input_noise": 0.05, "input_channel_dropout": 0.1,
                       "dropout": 0.5, "batch_norm": True}
     assert {p.name: p.default for p in registry.backbone("cclp_mnist")[0].params} == {
-        "embedding_dim": 128, "widths": "32,64,128", "input_noise": 0.3, "channel_dropout": 0.1, "batch_norm": True}
+        "embedding_dim": 128, "widths": [32, 64, 128], "input_noise": 0.3, "channel_dropout": 0.1, "batch_norm": True}
 
 
 RUN_GRID = """

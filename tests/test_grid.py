@@ -10,7 +10,7 @@ import tomllib
 import pytest
 
 from ssl_bench import UserError
-from ssl_bench.grid import expand, load_grid, parse_grid, parse_value, run_id_of
+from ssl_bench.grid import expand, identity, load_grid, parse_grid, parse_value, run_id_of
 from ssl_bench.registry import load_registry
 
 from conftest import TINY_GRID, write_grid
@@ -65,14 +65,14 @@ def test_resolved_config_is_fully_defaulted(tiny_grid, reg):
     config = run.config
     assert config["method"] == "lba" and config["backbone"] == "lba_convnet" and config["dataset"] == "digits"
     assert config["methods"] == {"lba": {"walker_weight": 1.0, "visit_weight": 1.0, "log_epsilon": 1e-8}}
-    assert config["backbones"] == {"lba_convnet": {"widths": "4", "convs_per_stage": 2, "embedding_dim": 8}}
+    assert config["backbones"] == {"lba_convnet": {"widths": [4], "convs_per_stage": 2, "embedding_dim": 8}}
     assert config["datasets"] == {"digits": {}}
     # protocol defaults filled in
     assert config["optimizer"] == "adam" and config["lr"] == 1e-3 and config["unlabeled_overlap"] is True
     assert config["steps"] == 12 and config["labeled_per_class"] == 2
     flat = run.flat()
-    assert flat["methods.lba.visit_weight"] == 1.0 and flat["backbones.lba_convnet.widths"] == "4"
-    assert run.run_id == run_id_of(config)
+    assert flat["methods.lba.visit_weight"] == 1.0 and flat["backbones.lba_convnet.widths"] == [4]
+    assert run.run_id == run_id_of(identity(config, reg))
 
 
 def test_axis_order_follows_the_file(reg):
@@ -221,11 +221,11 @@ def test_run_id_is_sha256_of_canonical_json(reg):
     # The id is sha256 of the canonical JSON of the resolved config, truncated to 12 hex digits;
     # an accidental change of the id scheme (which orphans every stored result) fails here.
     run = runs_of(BASE, reg)[0]
-    assert run.run_id == run_id_of(run.config)
+    assert run.run_id == run_id_of(identity(run.config, reg))
     import hashlib
     import json
 
-    canonical = json.dumps(run.config, sort_keys=True, separators=(",", ":"))
+    canonical = json.dumps(identity(run.config, reg), sort_keys=True, separators=(",", ":"))
     assert run.run_id == hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 
@@ -359,9 +359,12 @@ def test_top_level_key_unknown_names_the_file(tmp_path):
         load_grid(path)
 
 
-def test_list_in_base():
-    assert "base.seed is a list; put it under [axes] to sweep it" in error_of(BASE + "seed = [0, 1]\n")
-    assert "base.methods.lba.visit_weight is a list" in error_of(BASE + "[base.methods.lba]\nvisit_weight = [0, 1]\n")
+def test_list_in_base(reg):
+    # a list is a value only for list-typed keys; elsewhere the message points to [axes]
+    assert "seed must be int, got the list [0, 1]; to sweep it, put it under [axes]" in error_of(
+        BASE + "seed = [0, 1]\n", reg)
+    assert "methods.lba.visit_weight must be float, got the list [0, 1]" in error_of(
+        BASE + "[base.methods.lba]\nvisit_weight = [0, 1]\n", reg)
 
 
 def test_empty_axis():
@@ -491,8 +494,7 @@ def test_table_defaults_and_reference(tmp_path):
 
 
 @pytest.mark.parametrize("line, message", [
-    ('metric = "accuracy"', "table 't': metric 'accuracy' unknown; one of test_error, test_error_min"),
-    ('statistic = "max"', "table 't': statistic must be median or mean, got 'max'"),
+    ('statistic = "max"', "table 't': statistic must be median, mean or best, got 'max'"),
     ('spread = "sem"', "table 't': spread must be std or none, got 'sem'"),
     ('format = "d"', "table 't': format 'd' is not a Python number format"),
     ('format = "abc"', "table 't': format 'abc' is not a Python number format"),
@@ -501,6 +503,20 @@ def test_table_defaults_and_reference(tmp_path):
 ])
 def test_table_errors(line, message):
     assert message in error_of(with_base(TABLE + line + "\n"))
+
+
+def test_table_metric_must_be_a_result_column_of_the_runs(tmp_path, reg):
+    from ssl_bench.runner import prepare
+
+    path = write_grid(tmp_path, with_base(TABLE + 'metric = "nmi"\n'))  # ssl runs have no nmi column
+    with pytest.raises(UserError) as info:
+        prepare(str(path), reg, data_dir=tmp_path, data="skip")
+    assert "table 't': metric 'nmi' is not a result column of its runs; one of " in str(info.value)
+    assert "test_error_min" in str(info.value)
+    # accuracy is 100 - error; a bare metric name is the test set's
+    for good in ("test_error_last_k", "test_accuracy", "test_accuracy_max", "accuracy", "error"):
+        prepare(str(write_grid(tmp_path, with_base(TABLE + f'metric = "{good}"\n'))), reg, data_dir=tmp_path,
+                data="skip")
 
 
 def test_table_needs_name_rows_columns():

@@ -57,7 +57,7 @@ STL10_TABLE = [  # 3 x 96 x 96
     ("fc", 256 * 5 * 5, 128, None, None, (128,)),
 ]
 
-# the default digits grid: lba_convnet widths="16,32" on 1 x 8 x 8
+# the default digits grid: lba_convnet widths=[16, 32] on 1 x 8 x 8
 DIGITS_TABLE = [
     ("conv", 1, 16, 3, 1, (16, 8, 8)),
     ("conv", 16, 16, 3, 1, (16, 8, 8)),
@@ -99,7 +99,7 @@ NETWORKS = {
     "lba_mnist": (lambda s: lc.lba_mnist(s), (1, 28, 28), MNIST_TABLE, MNIST_PARAMS),
     "lba_svhn": (lambda s: lc.lba_svhn(s), (3, 32, 32), SVHN_TABLE, SVHN_PARAMS),
     "lba_stl10": (lambda s: lc.lba_stl10(s), (3, 96, 96), STL10_TABLE, STL10_PARAMS),
-    "lba_convnet_16_32": (lambda s: lc.lba_convnet(s, widths="16,32"), (1, 8, 8), DIGITS_TABLE, DIGITS_PARAMS),
+    "lba_convnet_16_32": (lambda s: lc.lba_convnet(s, widths=[16, 32]), (1, 8, 8), DIGITS_TABLE, DIGITS_PARAMS),
 }
 
 
@@ -178,7 +178,7 @@ def test_embedding_dim_parameter(build):
     (lc.lba_svhn, (3, 32, 7), (3, 8, 8)),
     (lc.lba_stl10, (3, 16, 16), (3, 17, 17)),      # 17 -> 9 (stride-2 conv) -> 4 (P(3)) -> 2 -> 1
     (lc.lba_stl10, (3, 96, 16), (3, 17, 96)),
-    (lambda s: lc.lba_convnet(s, widths="16,32"), (1, 3, 3), (1, 4, 4)),
+    (lambda s: lc.lba_convnet(s, widths=[16, 32]), (1, 3, 3), (1, 4, 4)),
 ])
 def test_too_small_input_is_a_user_error(build, too_small, smallest):
     with pytest.raises(UserError, match="too small.*at least"):
@@ -193,17 +193,17 @@ def test_family_expresses_the_paper_networks():
         torch.manual_seed(0)
         a = paper(shape)
         torch.manual_seed(0)
-        b = lc.lba_convnet(shape, widths="32,64,128", convs_per_stage=convs)
+        b = lc.lba_convnet(shape, widths=[32, 64, 128], convs_per_stage=convs)
         assert _trace(a, shape) == _trace(b, shape)
         sa, sb = a.state_dict(), b.state_dict()
         assert list(sa) == list(sb) and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
 def test_family_rejects_bad_parameters():
-    with pytest.raises(UserError, match="comma-separated ints"):
-        lc.lba_convnet((1, 8, 8), widths="16,x")
+    with pytest.raises(UserError, match="widths must be a list of int"):  # a grid's value, validated before the factory
+        specs_by_name()["lba_convnet"].params[0].check("16,x", "backbones.lba_convnet.")
     with pytest.raises(UserError, match="positive"):
-        lc.lba_convnet((1, 8, 8), widths="16,0")
+        lc.lba_convnet((1, 8, 8), widths=[16, 0])
     with pytest.raises(UserError, match="positive"):
         lc.lba_convnet((1, 8, 8), convs_per_stage=0)
 
@@ -219,3 +219,7 @@ def test_registered_with_paper_notation():
 def test_weight_decay_is_documented_as_the_papers_regulariser():
     doc = lc.__doc__
     assert "weight_decay = 1e-4" in doc and "§4" in doc
+
+
+def specs_by_name():
+    return {spec.name: spec for spec in lc.ssl_bench_backbones()}

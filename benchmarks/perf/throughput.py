@@ -1,4 +1,4 @@
-"""Training throughput benchmark (issue 5): the same as ``ssl-bench bench``; see ssl_bench/bench.py.
+"""Training throughput benchmark (issue 5): the same as ``ssl-bench bench``; see benchmarks/perf/bench.py.
 
     python benchmarks/perf/throughput.py --device cuda --pack 32 --bf16 --json out.json
 """

@@ -247,13 +247,10 @@ def _initialise(net: nn.Module, init: str) -> None:
 
 
 # ------------------------------------------------------------------------------------ builders
-def _parse_widths(name: str, widths: str, count: int) -> tuple[int, ...]:
-    try:
-        parsed = tuple(int(w) for w in widths.split(","))
-    except ValueError:
-        parsed = ()
+def _parse_widths(name: str, widths: list[int], count: int) -> tuple[int, ...]:
+    parsed = tuple(int(w) for w in widths)
     if len(parsed) != count or min(parsed) < 1:
-        raise UserError(f"backbones.{name}.widths must be {count} comma-separated positive ints, got {widths!r}")
+        raise UserError(f"backbones.{name}.widths must be {count} positive ints, got {widths!r}")
     return parsed
 
 
@@ -268,7 +265,7 @@ def _check(name: str, embedding_dim: int, **probabilities: float) -> None:
             raise UserError(f"backbones.{name}.{key} must be a probability in [0, 1), got {value}")
 
 
-def cclp_mnist(input_shape, embedding_dim: int = 128, widths: str = "32,64,128", input_noise: float = 0.3,
+def cclp_mnist(input_shape, embedding_dim: int = 128, widths: list[int] = [32, 64, 128], input_noise: float = 0.3,
                channel_dropout: float = 0.1, batch_norm: bool = True) -> CCLPConvNet:
     """CCLP §5 MNIST network (reference ``mnist_cnn``):
     N(0.3)-C(32,3)x2-P(2)-C(64,3)x2-P(2)-C(128,3)-D2(0.1)-C(128,3)-GAP, batch norm + ELU."""
@@ -277,7 +274,7 @@ def cclp_mnist(input_shape, embedding_dim: int = 128, widths: str = "32,64,128",
     return CCLPConvNet(tuple(input_shape), layers, batch_norm=batch_norm, init="he", name="cclp_mnist")
 
 
-def _salimans(name: str, input_shape, embedding_dim: int, widths: str, input_noise: float,
+def _salimans(name: str, input_shape, embedding_dim: int, widths: list[int], input_noise: float,
               input_channel_dropout: float, dropout: float, batch_norm: bool) -> CCLPConvNet:
     _check(name, embedding_dim, input_noise=input_noise, input_channel_dropout=input_channel_dropout,
            dropout=dropout)
@@ -286,7 +283,7 @@ def _salimans(name: str, input_shape, embedding_dim: int, widths: str, input_noi
     return CCLPConvNet(tuple(input_shape), layers, batch_norm=batch_norm, init="glorot", name=name)
 
 
-def cclp_svhn(input_shape, embedding_dim: int = 128, widths: str = "64,128", input_noise: float = 0.05,
+def cclp_svhn(input_shape, embedding_dim: int = 128, widths: list[int] = [64, 128], input_noise: float = 0.05,
               input_channel_dropout: float = 0.1, dropout: float = 0.5, batch_norm: bool = True) -> CCLPConvNet:
     """CCLP §5 SVHN network (Salimans et al. 2016 classifier as in the reference ``svhn_cnn``):
     N(0.05)-D2(0.1)-C(64,3)x3-P(2)-D(0.5)-C(128,3)x3-P(2)-D(0.5)-C(128,3)x2-C(128,3)-GAP."""
@@ -294,7 +291,7 @@ def cclp_svhn(input_shape, embedding_dim: int = 128, widths: str = "64,128", inp
                      batch_norm)
 
 
-def cclp_cifar10(input_shape, embedding_dim: int = 128, widths: str = "96,192", input_noise: float = 0.03,
+def cclp_cifar10(input_shape, embedding_dim: int = 128, widths: list[int] = [96, 192], input_noise: float = 0.03,
                  input_channel_dropout: float = 0.0, dropout: float = 0.5, batch_norm: bool = True) -> CCLPConvNet:
     """CCLP §5 CIFAR-10 network (Salimans et al. 2016 classifier as in the reference ``cifar_cnn``):
     N(0.03)-C(96,3)x3-P(2)-D(0.5)-C(192,3)x3-P(2)-D(0.5)-C(192,3)x2-C(128,3)-GAP."""

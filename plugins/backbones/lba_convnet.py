@@ -16,8 +16,8 @@ head (``ssl_bench.backbone.Classifier``).
   The smallest input it accepts is 17x17.
 - ``lba_convnet`` (the family): stages of ``convs_per_stage`` C(w,3), one stage per entry of
   ``widths``, each followed by P(2), then FC(``embedding_dim``). ``lba_mnist`` is
-  widths="32,64,128", convs_per_stage=2; ``lba_svhn`` is the same with convs_per_stage=3; the
-  default digits grid uses widths="16,32" on 8x8 images (8 -> 4 -> 2).
+  widths=[32, 64, 128], convs_per_stage=2; ``lba_svhn`` is the same with convs_per_stage=3; the
+  default digits grid uses widths=[16, 32] on 8x8 images (8 -> 4 -> 2).
 
 Choices where the paper is silent or self-contradictory (notes/association.md §1 and §4), with
 the authors' public TensorFlow code (github.com/haeusser/learning_by_association,
@@ -147,6 +147,17 @@ class ConvNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.embedding(self.features(x))
 
+    def named_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The feature map after each pooling stage (``stage1``, ``stage2``, ...) and the embedding."""
+        out, stage = {}, 0
+        for module in self.features:
+            x = module(x)
+            if isinstance(module, nn.MaxPool2d):
+                stage += 1
+                out[f"stage{stage}"] = x
+        out["embedding"] = self.embedding(x)
+        return out
+
 
 def _check_embedding_dim(name: str, embedding_dim: int) -> None:
     if embedding_dim < 1:
@@ -158,12 +169,11 @@ def family_layers(widths: Sequence[int], convs_per_stage: int) -> tuple[Layer, .
     return tuple(layer for w in widths for layer in [Conv(w)] * convs_per_stage + [Pool()])
 
 
-def lba_convnet(input_shape, widths: str = "32,64,128", convs_per_stage: int = 2, embedding_dim: int = 128) -> ConvNet:
-    """``widths``: comma-separated channel counts, one stage (``convs_per_stage`` 3x3 convs + 2x2 pool) each."""
-    try:
-        parsed = [int(w) for w in widths.split(",")]
-    except ValueError:
-        raise UserError(f"backbones.lba_convnet.widths must be comma-separated ints, got {widths!r}") from None
+def lba_convnet(input_shape, widths: list[int] = [32, 64, 128], convs_per_stage: int = 2,  # noqa: B006 (read only)
+                embedding_dim: int = 128) -> ConvNet:
+    """``widths``: channel counts (a list; the older ``"32,64,128"`` string means the same), one
+    stage (``convs_per_stage`` 3x3 convs + 2x2 pool) each."""
+    parsed = [int(w) for w in widths]
     if not parsed or min(parsed) < 1 or convs_per_stage < 1 or embedding_dim < 1:
         raise UserError("lba_convnet: widths, convs_per_stage and embedding_dim must be positive")
     return ConvNet(tuple(input_shape), family_layers(parsed, convs_per_stage), embedding_dim, "lba_convnet")

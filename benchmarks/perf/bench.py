@@ -1,5 +1,8 @@
 """``ssl-bench bench``: training throughput of one grid's runs, measured three ways in ONE process.
 
+Benchmark code (it knows the LbA SVHN network's naive torchvision loop), kept out of the core
+package; the CLI imports it from here.
+
 (a) **naive**: the loop a user would write: ``torchvision.datasets.SVHN`` with per-sample
     torchvision transforms (the same augmentation: affine + random Gaussian blur) in two
     ``DataLoader``s (labeled, unlabeled), fp32, eager, the loss read every step;
@@ -35,9 +38,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .engine import EngineOptions, Objective, build_method, build_model, train_pack
-from .errors import UserError
-from .method import TrainContext
+from ssl_bench.engine import EngineOptions, Objective, build_method, build_model, train_pack
+from ssl_bench.errors import UserError
+from ssl_bench.method import TrainContext
 
 
 @dataclasses.dataclass
@@ -146,7 +149,7 @@ def naive_loop(config: dict, registry, dataset, data_dir: Path, device: torch.de
         for _ in range(steps):
             (x_l, y_l), (x_u, _) = next_batch(0), next_batch(1)
             x_l, y_l, x_u = x_l.to(device), y_l.to(device), x_u.to(device)
-            terms = objective(x_l, y_l, x_u)
+            terms = objective({"x_labeled": x_l, "y_labeled": y_l, "x_unlabeled": x_u})
             loss = sum(terms.values())
             optimizer.zero_grad()
             loss.backward()
@@ -179,7 +182,7 @@ def flops_per_run_step(config: dict, registry, dataset, device: torch.device) ->
     torch.utils.flop_counter (matrix multiplications and convolutions; 2 FLOPs per MAC)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from .data import DeviceData, draw_subsets
+    from ssl_bench.data import DeviceData, draw_subsets
 
     subsets = draw_subsets(dataset.train_y.numpy(), dataset.num_classes, seed=0, n_labeled=config["n_labeled"],
                            n_unlabeled=config["n_unlabeled"], overlap=True, unlabeled_pool=dataset.unlabeled_pool)
@@ -189,7 +192,7 @@ def flops_per_run_step(config: dict, registry, dataset, device: torch.device) ->
     x_l, y_l = data.labeled_batch(config["labeled_per_class"])
     x_u = data.unlabeled_batch(config["unlabeled_batch"])
     with FlopCounterMode(display=False) as counter:
-        sum(objective(x_l, y_l, x_u).values()).backward()
+        sum(objective({"x_labeled": x_l, "y_labeled": y_l, "x_unlabeled": x_u}).values()).backward()
     return int(counter.get_total_flops())
 
 
@@ -225,8 +228,9 @@ def machine_description(device: torch.device) -> str:
 def run_benchmark(*, grid: str, device: torch.device, pack: int, steps: int, warmup: int, workers: int,
                   options: EngineOptions, data_dir: Path | None, n_images: int, skip_naive: bool = False,
                   log: Callable[[str], None] = print) -> dict:
-    from .registry import registry as installed
-    from .runner import load_dataset, prepare
+    from ssl_bench.data import load_data
+    from ssl_bench.registry import registry as installed
+    from ssl_bench.runner import prepare
 
     registry = installed()
     synthetic = data_dir is None
@@ -241,7 +245,7 @@ def run_benchmark(*, grid: str, device: torch.device, pack: int, steps: int, war
         if not candidates:
             raise UserError(f"grid {grid!r} has no run with a number of unlabeled samples to benchmark")
         config = min(candidates, key=lambda r: r.config["n_unlabeled"]).config
-        dataset = load_dataset(config, registry, data_dir)
+        dataset = load_data(config, registry, data_dir)["source"]
         configs = [dict(config, seed=config["seed"] + i) for i in range(pack)]
         log(f"benchmarking {config['method']} on {config['backbone']} ({config['dataset']}), labeled batch "
             f"{config['labeled_per_class'] * dataset.num_classes} + unlabeled {config['unlabeled_batch']}, "

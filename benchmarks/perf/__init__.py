@@ -1,0 +1,1 @@
+"""Performance benchmarks (throughput, CCLP cost, augmentation): scripts and the `ssl-bench bench` code."""
