@@ -441,7 +441,7 @@ def test_augment_true_without_an_augmentation_is_rejected_before_training(tmp_pa
     grid = tmp_path / "g.toml"
     grid.write_text('[base]\ndataset = "digits"\nbackbone = "lba_convnet"\nmethod = "lba"\naugment = true\n'
                     '[base.backbones.lba_convnet]\nwidths = "4"\n')
-    with pytest.raises(UserError, match="augment = true, but data set 'digits' \(source\) defines no augmentation"):
+    with pytest.raises(UserError, match=r"augment = true, but data set 'digits' \(source\) defines no augmentation"):
         prepare(str(grid), load_registry(), data_dir=tmp_path)
 
 
