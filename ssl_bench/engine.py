@@ -322,7 +322,8 @@ class _Networks:
             self.objective = Objective(models[0], method, ctxs[0], l2, ema)
             ctxs[0].ema_model = ema
             self.params = list(models[0].parameters())
-            self.ema_pairs = _ema_pairs(ema.state_dict(), models[0].state_dict()) if ema is not None else []
+            live, copies = models[0].state_dict(), ema.state_dict() if ema is not None else {}
+            self.ema_pairs = [(copies[name], live[name]) for name in copies]  # state_dict tensors share storage
             fn = self.objective
         else:
             # no per-run data or generator inside vmap; random ops there fail (randomness="error")
@@ -331,14 +332,10 @@ class _Networks:
             self.objective = Objective(models[0], method, ctx, l2, ema)
             ctx.ema_model = ema  # functional_call swaps in each run's EMA weights
             params, buffers = torch.func.stack_module_state(models)
-            self.stacked = {f"model.{k}": v for k, v in {**params, **buffers}.items()}
-            if ema is not None:
-                copies = {f"ema.{k}": v.detach().clone() for k, v in {**params, **buffers}.items()}
-                self.ema_pairs = _ema_pairs({k[4:]: v for k, v in copies.items()},
-                                            {k: v for k, v in {**params, **buffers}.items()})
-                self.stacked.update(copies)
-            else:
-                self.ema_pairs = []
+            live = {**params, **buffers}
+            copies = {name: value.detach().clone() for name, value in live.items()} if ema is not None else {}
+            self.ema_pairs = [(copies[name], live[name]) for name in copies]
+            self.stacked = {**{f"model.{k}": v for k, v in live.items()}, **{f"ema.{k}": v for k, v in copies.items()}}
             self.params = list(params.values())
             fn = self._vmapped
         if options.compile or options.cuda_graphs:
@@ -415,8 +412,6 @@ def _frozen_copy(model: nn.Module) -> nn.Module:
     return ema
 
 
-def _ema_pairs(ema_state: dict[str, torch.Tensor], live: dict[str, torch.Tensor]):
-    return [(ema_state[name], live[name]) for name in ema_state]
 
 
 # --------------------------------------------------------------------------- one pack
@@ -479,8 +474,7 @@ class _EvalSet:
 class _Pack:
     """The state of one pack's training, with the loop's steps as methods."""
 
-    def __init__(self, configs: list[dict], registry, data: dict[str, ImageDataset], device: torch.device,
-                 options: EngineOptions, packed: bool):
+    def __init__(self, configs: list[dict], registry, device: torch.device, options: EngineOptions, packed: bool):
         self.registry, self.device, self.options, self.packed = registry, device, options, packed
         self.config = configs[0]  # everything but the subsets is shared by a pack
         self.runs = [_RunState(c) for c in configs]
@@ -533,29 +527,33 @@ class _Pack:
         self.scheduler = make_schedule(self.optimizer, self.config)
 
     def _eval_sets(self) -> list[_EvalSet]:
+        """The plan's evaluation sets on the device, with what their metrics need collected. A
+        pack shares every set but the validation sets, which are stacked per run."""
         task = self.registry.task(self.config.get("task", "ssl"))()
-        plans = [r.plan for r in self.runs]
-        specs = plans[0].eval_sets
-        needs: dict[str, set] = {}
+        specs = self.runs[0].plan.eval_sets
+        embeddings: set[str] = set()
         for spec in specs:
             for name in task.eval_metrics(self.config, spec):
-                metric = self.registry.metric(name)
-                needs.setdefault(spec.name, set()).update(metric.needs)
-                if "other" in metric.needs and spec.other:
-                    needs.setdefault(spec.other, set()).add("embeddings")
+                needs = self.registry.metric(name).needs
+                if "embeddings" in needs:
+                    embeddings.add(spec.name)
+                if "other" in needs and spec.other:
+                    embeddings.add(spec.other)
+
+        def images_and_labels(run: _RunState, spec: EvalSpec):
+            domain = run.data.domain if spec.domain == run.plan.labeled_domain else run.data.unlabeled_domain
+            x, y = _split(domain, spec, run.plan)
+            labels = run.plan.eval_labels.get(spec.name)
+            return x, (y if labels is None else torch.as_tensor(labels, device=self.device)), domain
+
         sets = []
         for spec in specs:
-            per_run = []
-            for run in self.runs:
-                domain = run.data.domain if spec.domain == run.plan.labeled_domain else run.data.unlabeled_domain
-                x, y = _split(domain, spec, run.plan)
-                labels = run.plan.eval_labels.get(spec.name)
-                per_run.append((x, torch.as_tensor(labels, device=self.device) if labels is not None else y, domain))
-            x, y, domain = per_run[0]
+            x, y, domain = images_and_labels(self.runs[0], spec)
             if spec.split == "validation" and self.packed:
+                per_run = [images_and_labels(run, spec) for run in self.runs]
                 x, y = torch.stack([p[0] for p in per_run]), torch.stack([p[1] for p in per_run])
             sets.append(_EvalSet(spec, x, y, domain.normalise, task.eval_metrics(self.config, spec),
-                                 "embeddings" in needs.get(spec.name, set())))
+                                 spec.name in embeddings))
         return sets
 
     # ---------------------------------------------------------------- the steps
@@ -645,7 +643,7 @@ class _Pack:
         self.running, self.n_running = {}, 0
         point = {"step": self.step + 1, "lr": self.optimizer.param_groups[0]["lr"]}
         collected = {}
-        for s in self.sets_in_order():
+        for s in self.eval_sets:
             predictions, embeddings = self.nets.collect(s.x, s.normalise, s.embeddings)
             collected[s.spec.name] = (predictions, embeddings, s.labels)
         diagnostics = {}
@@ -655,9 +653,6 @@ class _Pack:
             if run.data.labels.assigned_ever:
                 diagnostics.update(run.data.labels.diagnostics())
         self.pending.append((self.step, point, means, collected, diagnostics))
-
-    def sets_in_order(self) -> list[_EvalSet]:
-        return self.eval_sets
 
     def read_evaluations(self) -> None:
         """Turn queued evaluations into curve points (metrics computed now), for runs still
@@ -732,7 +727,7 @@ def _split(domain, spec: EvalSpec, plan: Plan) -> tuple[torch.Tensor, torch.Tens
 def _train(configs: list[dict], registry, data: dict[str, ImageDataset], device: torch.device, on_step,
            options: EngineOptions, packed: bool) -> list[RunOutcome]:
     started = time.perf_counter()
-    pack = _Pack(configs, registry, data, device, options, packed)
+    pack = _Pack(configs, registry, device, options, packed)
     columns: dict[str, tuple[str, str, bool]] = {}
     try:
         pack.build(data)

@@ -41,6 +41,16 @@ class Collected:
     embeddings: torch.Tensor | None = None
     other: "Collected | None" = None
 
+    def predictions_and_labels(self, metric: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The predictions (on the labels' device) and labels, checked: ValueError naming
+        ``metric`` if no predictions were collected or their shape differs from the labels'."""
+        if self.predictions is None:
+            raise ValueError(f"metric {metric!r} needs the predictions, and none were collected")
+        if self.predictions.shape != self.labels.shape:
+            raise ValueError(f"metric {metric!r}: predictions of shape {tuple(self.predictions.shape)} "
+                             f"do not match labels of shape {tuple(self.labels.shape)}")
+        return self.predictions.to(self.labels.device), self.labels
+
 
 @dataclasses.dataclass(frozen=True)
 class Metric:

@@ -113,3 +113,20 @@ def cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess
     """Run the installed ``ssl-bench`` entry point in a subprocess."""
     return subprocess.run([sys.executable, "-m", "ssl_bench.cli", *args], cwd=cwd, capture_output=True,
                           text=True, timeout=timeout)
+
+
+def torch_calls(fn, *args) -> int:
+    """How many torch functions ``fn(*args)`` calls: a per-sample Python loop makes this grow
+    with the batch size, batched tensor code does not (a count, not a timing)."""
+    from torch.overrides import TorchFunctionMode
+
+    class Count(TorchFunctionMode):
+        calls = 0
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            Count.calls += 1
+            return func(*args, **(kwargs or {}))
+
+    with Count():
+        fn(*args)
+    return Count.calls

@@ -6,7 +6,8 @@ import math
 
 import pytest
 import torch
-from torch.overrides import TorchFunctionMode
+
+from conftest import torch_calls
 
 from ssl_bench_plugins.augment import ops as A
 
@@ -96,22 +97,8 @@ def test_grayscale_colour_jitter_is_brightness_only():
 def test_no_loop_over_samples():
     """The number of torch calls an augmentation makes does not grow with the batch size (a
     per-sample Python loop would make it grow linearly); checked by counting, not timing."""
-    class Count(TorchFunctionMode):
-        def __init__(self):
-            super().__init__()
-            self.calls = 0
-
-        def __torch_function__(self, func, types, args=(), kwargs=None):
-            self.calls += 1
-            return func(*args, **(kwargs or {}))
-
     for name, f in RANDOM_OPS.items():
-        counts = []
-        for n in (2, 32):
-            x = _images(n, 3, 32, 32)
-            with Count() as counter:
-                f(x, _gen())
-            counts.append(counter.calls)
+        counts = [torch_calls(f, _images(n, 3, 32, 32), _gen()) for n in (2, 32)]
         assert counts[0] == counts[1] and counts[0] > 0, name
 
 

@@ -517,6 +517,11 @@ def test_create_model_and_named_features(reg):
     torch.testing.assert_close(features["embedding"], model.embed(x))
     timm_like = create_model("timm:resnet18", (3, 32, 32), 3, registry=reg)
     assert list(timm_like.features(torch.zeros(2, 3, 32, 32))) == ["embedding"]
+    # torchvision's models through the same factory: classifier removed, grey images repeated to RGB
+    tv = create_model("torchvision:resnet18", (1, 8, 8), 10, registry=reg)
+    assert tv.embedding_dim == 512 and tv(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+    with pytest.raises(UserError, match="torchvision has no classification model 'resnet1'; close: resnet18"):
+        create_model("torchvision:resnet1", (3, 8, 8), 10, registry=reg)
     with pytest.raises(UserError, match="widths must be a list of int"):
         create_model("lba_convnet", (1, 8, 8), 7, registry=reg, widths="a,b")
 

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.overrides import TorchFunctionMode
 
 from ssl_bench.views import Augmentation
 from ssl_bench_plugins.augment import pipelines as P
+
+from conftest import torch_calls
 
 NAMES = ["flip_translate", "cutout", "randaugment", "randaugment_cutout", "flip", "translate"]
 PIPELINES = {a.name: a for a in P.ssl_bench_augmentations()}
@@ -96,22 +97,8 @@ def test_randaugment_strategies_agree_and_n_zero_is_identity():
 def test_no_loop_over_samples():
     """The number of torch calls does not grow with the batch (no per-sample Python loop);
     at these batch sizes every RandAugment op is drawn in every round."""
-    class Count(TorchFunctionMode):
-        def __init__(self):
-            super().__init__()
-            self.calls = 0
-
-        def __torch_function__(self, func, types, args=(), kwargs=None):
-            self.calls += 1
-            return func(*args, **(kwargs or {}))
-
     for name, aug in PIPELINES.items():
-        counts = []
-        for n in (256, 1024):
-            x = _images(n, 3, 8, 8)
-            with Count() as counter:
-                aug.apply(x, _gen())
-            counts.append(counter.calls)
+        counts = [torch_calls(aug.apply, _images(n, 3, 8, 8), _gen()) for n in (256, 1024)]
         assert counts[0] == counts[1] and counts[0] > 0, name
 
 

@@ -22,20 +22,10 @@ from ssl_bench.hookspecs import hookimpl
 from ssl_bench.metric import Collected, Metric
 
 
-def _checked(collected: Collected, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-    pred, labels = collected.predictions, collected.labels
-    if pred is None:
-        raise ValueError(f"metric {name!r} needs the predictions, and none were collected")
-    if pred.shape != labels.shape:
-        raise ValueError(f"metric {name!r}: predictions of shape {tuple(pred.shape)} "
-                         f"do not match labels of shape {tuple(labels.shape)}")
-    return pred.to(labels.device), labels
-
-
 def error(collected: Collected) -> float:
     """Misclassified images (%): ``100.0 * int((pred != labels).sum()) / len(labels)``;
     ``nan`` for an empty set."""
-    pred, labels = _checked(collected, "error")
+    pred, labels = collected.predictions_and_labels("error")
     if len(labels) == 0:
         return math.nan
     return 100.0 * int((pred != labels).sum()) / len(labels)
@@ -44,7 +34,7 @@ def error(collected: Collected) -> float:
 def accuracy(collected: Collected) -> float:
     """Correctly classified images (%): ``100.0 * int((pred == labels).sum()) / len(labels)``;
     ``nan`` for an empty set."""
-    pred, labels = _checked(collected, "accuracy")
+    pred, labels = collected.predictions_and_labels("accuracy")
     if len(labels) == 0:
         return math.nan
     return 100.0 * int((pred == labels).sum()) / len(labels)

@@ -40,12 +40,8 @@ from ssl_bench.metric import Collected, Metric
 
 
 def _numpy_pair(collected: Collected, name: str) -> tuple[np.ndarray, np.ndarray]:
-    pred, labels = collected.predictions, collected.labels
-    if pred is None:
-        raise ValueError(f"metric {name!r} needs the predictions (cluster ids), and none were collected")
-    if pred.shape != labels.shape:
-        raise ValueError(f"metric {name!r}: predictions of shape {tuple(pred.shape)} "
-                         f"do not match labels of shape {tuple(labels.shape)}")
+    """(labels, cluster ids) as int64 numpy arrays on the host."""
+    pred, labels = collected.predictions_and_labels(name)
     return (labels.detach().reshape(-1).to("cpu", torch.int64).numpy(),
             pred.detach().reshape(-1).to("cpu", torch.int64).numpy())
 
