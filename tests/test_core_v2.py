@@ -111,9 +111,31 @@ class Teacher(Method):
         return terms
 
 
+class Generations(Method):
+    """Restarts the optimiser (and its schedule) after step ``at``; reports its restarts."""
+
+    name = "test_generations"
+    at: int = hyperparameter(2, ge=0)
+
+    def __init__(self, **hparams):
+        super().__init__(**hparams)
+        self.restarts = 0
+
+    def loss_terms(self, batch, model, ctx):
+        return {"classification": F.cross_entropy(model(batch.x_labeled), batch.y_labeled)}
+
+    def on_step_end(self, model, ctx):
+        if ctx.step == self.at:
+            ctx.restart_optimizer()
+            self.restarts += 1
+
+    def diagnostics(self, model, ctx):
+        return {"restarts": self.restarts}
+
+
 @hookimpl
 def ssl_bench_methods():
-    return [CentroidClustering, TwoViews, Discoverer, Teacher]
+    return [CentroidClustering, TwoViews, Discoverer, Teacher, Generations]
 
 
 @pytest.fixture(scope="module")
@@ -431,6 +453,17 @@ def test_ema_teacher_is_handed_to_the_loss_and_packs(reg, tmp_path):
     for a, b in zip(packed, solo):
         assert [p["loss"] for p in a.curves] == pytest.approx([p["loss"] for p in b.curves], rel=1e-4)
         assert abs(a.metrics["test_error"] - b.metrics["test_error"]) <= 0.4
+
+
+def test_a_method_restarts_the_optimiser_and_reports_diagnostics(reg, tmp_path):
+    text = EMA.replace("supervised", "test_generations").replace("steps = 1", "steps = 4").replace(
+        "eval_every = 1", "eval_every = 2") + "lr_decay_every = 1\nlr_decay_factor = 0.5\n"
+    (run,) = runs(reg, tmp_path, text)
+    outcome = train_run(run.config, reg, load_digits(None), CPU)
+    assert outcome.status == "ok", outcome.error
+    # the schedule halves the lr every step; the restart after step 3 (index 2) starts it again
+    assert [p["lr"] for p in outcome.curves] == pytest.approx([1e-3 * 0.5 ** 2, 1e-3 * 0.5])
+    assert [p["metrics"]["restarts"] for p in outcome.curves] == [0, 1]
 
 
 def test_optimiser_sub_table():
