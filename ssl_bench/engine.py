@@ -223,8 +223,7 @@ def make_schedule(optimizer: torch.optim.Optimizer, config: dict):
     def factor(t: int) -> float:
         ramp = min(1.0, (t + 1) / warmup) if warmup else 1.0
         if schedule == "cosine":
-            return ramp * math.cos(fraction * math.pi * t / steps) if fraction < 0.5 else \
-                ramp * 0.5 * (1 + math.cos(math.pi * t / steps))
+            return ramp * math.cos(fraction * math.pi * t / steps)
         if schedule == "step" and config["lr_decay_every"]:
             return ramp * config["lr_decay_factor"] ** (t // config["lr_decay_every"])
         return ramp

@@ -66,7 +66,7 @@ class Optim:
                         "torch SGD's weight_decay (w -= lr * wd * w through the gradient) for sgd", since=V2)
     schedule: Literal["step", "cosine", "constant"] = hyperparameter(
         "step", help="step: x lr_decay_factor every lr_decay_every steps; cosine: lr * cos(cosine_fraction * pi * t / steps); constant", since=V2)
-    cosine_fraction: float = hyperparameter(0.5, gt=0, le=0.5, help="cosine schedule: 0.5 anneals to 0, 7/16 is FixMatch's cos(7 pi k / 16 K)", since=V2)
+    cosine_fraction: float = hyperparameter(0.5, gt=0, le=0.5, help="cosine schedule: 0.5 reaches 0 at the last step; 7/16 is FixMatch's cos(7 pi k / 16 K)", since=V2)
     warmup_steps: int = hyperparameter(0, ge=0, help="linear warm-up of the learning rate from 0 over this many steps", since=V2)
 
 
