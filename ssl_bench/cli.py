@@ -47,6 +47,10 @@ def cmd_list(args) -> int:
                 params = item.params() if kind == "methods" else getattr(item, "params", None)
                 if params:
                     print(describe(params))
+                if kind == "tasks":
+                    keys = ", ".join(f"{k} (required)" if k in item.required else k for k in item.keys)
+                    print(f"    metrics: {', '.join(item.metrics)}; uses labels: {str(item.uses_labels).lower()}"
+                          + (f"; keys: {keys}" if keys else ""))
     for broken in reg.broken:
         print(f"BROKEN\t{broken.provider.distribution}\t{broken.provider.entry_point} -> "
               f"{broken.provider.module}: {broken.error}")

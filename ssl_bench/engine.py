@@ -169,9 +169,10 @@ def summarise(curves: list[dict], last_k: int,
     ``test_error``: ``test_error`` (final), ``test_error_min`` (best over training: selection
     on the test set), ``test_error_last_k`` (median of the last k) and ``test_error_best_val``
     (at the evaluation where ``val_error`` is best); the validation set's own values are
-    summarised as final only. ``columns``: value -> (set, metric, higher is better)."""
+    summarised as final only. ``columns``: value -> (set, metric, higher is better), the main
+    one first (the classic ``test_error`` and ``val_error`` are always there)."""
     nan = float("nan")
-    columns = {**DEFAULT_COLUMNS, **(columns or {})}
+    columns = {**(columns or {}), **{k: v for k, v in DEFAULT_COLUMNS.items() if k not in (columns or {})}}
     series = {key: np.array([c.get("metrics", {}).get(key, c.get(key, nan)) for c in curves] or [nan], dtype=float)
               for key in columns}
     out = {}

@@ -313,7 +313,8 @@ def run_grid(prepared: PreparedGrid, registry: Registry, *, out: Path, device: t
             outer.update(1)
             elapsed = time.perf_counter() - begun
             eta = elapsed / finished_runs * (len(todo) - finished_runs)
-            detail = f"test_error={outcome.metrics['test_error']:.2f}" if outcome.status == "ok" else outcome.error
+            main = next(iter(outcome.metrics), "test_error")  # the task's main value: its first set's first metric
+            detail = f"{main}={outcome.metrics[main]:.2f}" if outcome.status == "ok" else outcome.error
             packed = f", pack of {outcome.pack_size}" if outcome.pack_size > 1 else ""
             log(f"[{finished_runs}/{len(todo)}] {run_id} {describe_run(run, keys)}: {outcome.status} {detail} "
                 f"({outcome.wall_s:.1f}s{packed}, ETA {eta:.0f}s)")

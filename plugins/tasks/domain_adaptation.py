@@ -28,7 +28,7 @@ from ssl_bench_plugins.tasks.ssl import given_labels
 
 
 class DomainAdaptation(Task):
-    """Labeled source + unlabeled target; error on the target's test set (and the source's)."""
+    """Labeled source + unlabeled target; error on the target's test set (and the source's), MMD between them."""
 
     name = "domain_adaptation"
     keys = ("target",)
