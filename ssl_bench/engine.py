@@ -62,7 +62,7 @@ from .grid import plugin_args
 from .method import Batch, Method, TrainContext
 from .metric import Collected, parse_metric_name, summary_suffix
 from .task import EvalSpec, Plan
-from .views import ALIASES
+from .views import view_pipeline
 
 EVAL_BATCH = 1000
 #: settings that may differ between the runs of one pack: they change only which samples a run sees
@@ -229,17 +229,6 @@ def make_schedule(optimizer: torch.optim.Optimizer, config: dict):
             return ramp * config["lr_decay_factor"] ** (t // config["lr_decay_every"])
         return ramp
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def pipeline_for(name: str, domain, registry):
-    """A view's pipeline: ``"none"``, ``"standard"`` (the domain's own augmentation) or a
-    registered pipeline (``ssl_bench.views``)."""
-    name = ALIASES.get(name, name)
-    if name == "none":
-        return None
-    if name == "standard":
-        return domain.standard_augment
-    return registry.augmentation(name).apply
 
 
 # --------------------------------------------------------------------------- the objective
@@ -501,7 +490,7 @@ class _Pack:
             run.ctx = TrainContext(step=0, steps=config["steps"], num_classes=plan.num_outputs, device=device,
                                    data=run.data, generator=run.data.generator, labels=run.data.labels)
             domains = {"labeled": run.data.domain, "unlabeled": run.data.unlabeled_domain}
-            run.views = {role: [pipeline_for(name, domains[role], self.registry) for name in names]
+            run.views = {role: [view_pipeline(name, self.registry, domains[role].standard_augment) for name in names]
                          for role, names in self.method.views.items()}
         self.models = models
         self.nets = _Networks(models, self.method, [r.ctx for r in self.runs], config, self.options, device)

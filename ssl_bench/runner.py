@@ -31,7 +31,7 @@ from .params import Count, id_value
 from .protocol import PLUGIN_KEYS, PROTOCOL_PARAMS, SUBTABLES
 from .registry import Registry
 from .task import EvalSpec
-from .views import ALIASES
+from .views import view_pipeline
 from . import results
 
 
@@ -118,9 +118,7 @@ def check_against_data(prepared: PreparedGrid, registry: Registry, data_dir: Pat
         method = build_method(cfg, registry)
         for names in method.views.values():
             for name in names:  # an unknown pipeline fails here, with the installed ones
-                name = ALIASES.get(name, name)
-                if name not in ("none", "standard"):
-                    registry.augmentation(name)
+                view_pipeline(name, registry, None)
         model_key = results.config_json([cfg["backbone"], plugin_args(cfg, "backbone"), cfg["pretrained"], key,
                                          cfg["method"], plugin_args(cfg, "method")])
         if model_key not in checked_models:

@@ -42,3 +42,15 @@ class Augmentation:
 
 def identity(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return x
+
+
+def view_pipeline(name: str, registry, standard: Callable | None) -> Callable | None:
+    """The pipeline a view name stands for: None for ``"none"``, ``standard`` (the domain's own
+    augmentation) for ``"standard"``, else the registered pipeline (an unknown name is a
+    UserError listing the installed ones). Aliases (``weak``, ``strong``) are resolved first."""
+    name = ALIASES.get(name, name)
+    if name == "none":
+        return None
+    if name == "standard":
+        return standard
+    return registry.augmentation(name).apply
