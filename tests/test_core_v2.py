@@ -51,7 +51,11 @@ class CentroidClustering(Method):
         return {"centroids": nn.Embedding(num_outputs, model.embedding_dim)}
 
     def loss_terms(self, batch, model, ctx):
-        Seen.batches.append((batch.x_labeled, batch.y_labeled, ctx.data.train_y))
+        try:
+            train_y = ctx.data.train_y
+        except RuntimeError:  # inside a pack ctx.data is not one run's
+            train_y = None
+        Seen.batches.append((batch.x_labeled, batch.y_labeled, train_y))
         z = F.normalize(model.embed(batch.x_unlabeled), dim=1)
         centroids = F.normalize(model.extras["centroids"].weight, dim=1)
         q = torch.softmax(10.0 * z @ centroids.T, dim=1)
@@ -464,6 +468,19 @@ def test_a_method_restarts_the_optimiser_and_reports_diagnostics(reg, tmp_path):
     # the schedule halves the lr every step; the restart after step 3 (index 2) starts it again
     assert [p["lr"] for p in outcome.curves] == pytest.approx([1e-3 * 0.5 ** 2, 1e-3 * 0.5])
     assert [p["metrics"]["restarts"] for p in outcome.curves] == [0, 1]
+
+
+@pytest.mark.parametrize("text", [TWO_VIEWS, CLUSTERING.replace("steps = 25", "steps = 6")], ids=["views", "owned_modules"])
+def test_views_and_method_owned_modules_pack(reg, tmp_path, text):
+    configs = [r.config for r in runs(reg, tmp_path, text + "[axes]\nseed = [0, 1]\n")]
+    digits = load_digits(None)
+    packed = train_pack(configs, reg, digits, CPU)
+    assert all(o.pack_size == 2 and o.status == "ok" for o in packed), [o.error for o in packed]
+    for a, b in zip(packed, [train_run(c, reg, digits, CPU) for c in configs]):
+        assert [p["loss"] for p in a.curves] == pytest.approx([p["loss"] for p in b.curves], rel=1e-4)
+        for key in ("test_error", "test_cluster_accuracy"):
+            if key in b.metrics and math.isfinite(b.metrics[key]):
+                assert abs(a.metrics[key] - b.metrics[key]) <= 0.4, key
 
 
 def test_optimiser_sub_table():
