@@ -31,8 +31,8 @@ import numpy as np
 from .data import ImageDataset, Subsets
 from .errors import UserError
 
-#: evaluation sets: which split of which domain; ``indices`` restricts it (None: all of it)
-SPLITS = ("train", "test", "validation", "unlabeled_pool")
+#: the splits an evaluation set can be drawn from
+SPLITS = ("train", "test", "validation")
 
 
 @dataclasses.dataclass(frozen=True)
