@@ -701,11 +701,9 @@ def _split(domain, spec: EvalSpec, plan: Plan) -> tuple[torch.Tensor, torch.Tens
         x, y = domain.test_x, domain.test_y
     elif spec.split == "train":
         x, y = domain.train_x, domain.train_y
-    elif spec.split == "validation":
+    else:  # "validation" (EvalSpec checks the split)
         idx = torch.as_tensor(plan.subsets.validation, device=domain.train_x.device)
         x, y = domain.train_x[idx], domain.train_y[idx]
-    else:
-        raise ValueError(f"evaluation set {spec.name!r}: unknown split {spec.split!r}")
     if spec.indices is not None:
         idx = torch.as_tensor(spec.indices, device=x.device)
         x, y = x[idx], y[idx]

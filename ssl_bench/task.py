@@ -52,6 +52,10 @@ class EvalSpec:
     other: str | None = None
     metrics: tuple[str, ...] | None = None
 
+    def __post_init__(self):
+        if self.split not in SPLITS:
+            raise ValueError(f"evaluation set {self.name!r}: split {self.split!r} is not one of {', '.join(SPLITS)}")
+
 
 @dataclasses.dataclass
 class Plan:
