@@ -520,9 +520,13 @@ class _Pack:
         pack shares every set but the validation sets, which are stacked per run."""
         task = self.registry.task(self.config.get("task", "ssl"))()
         specs = self.runs[0].plan.eval_sets
+        declared = task.eval_set_names(self.config)
+        if [s.name for s in specs] != declared:  # the result columns were made from the declared names
+            raise RuntimeError(f"task {task.name!r}: the plan's evaluation sets {[s.name for s in specs]} differ "
+                               f"from its eval_set_names {declared}")
         embeddings: set[str] = set()
         for spec in specs:
-            for name in task.eval_metrics(self.config, spec):
+            for name in task.eval_metrics(self.config, spec.name):
                 needs = self.registry.metric(name).needs
                 if "embeddings" in needs:
                     embeddings.add(spec.name)
@@ -541,7 +545,7 @@ class _Pack:
             if spec.split == "validation" and self.packed:
                 per_run = [images_and_labels(run, spec) for run in self.runs]
                 x, y = torch.stack([p[0] for p in per_run]), torch.stack([p[1] for p in per_run])
-            sets.append(_EvalSet(spec, x, y, domain.normalise, task.eval_metrics(self.config, spec),
+            sets.append(_EvalSet(spec, x, y, domain.normalise, task.eval_metrics(self.config, spec.name),
                                  spec.name in embeddings))
         return sets
 

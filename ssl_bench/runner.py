@@ -30,7 +30,6 @@ from .metric import summary_columns
 from .params import Count, id_value
 from .protocol import PLUGIN_KEYS, PROTOCOL_PARAMS, SUBTABLES
 from .registry import Registry
-from .task import EvalSpec
 from .views import view_pipeline
 from . import results
 
@@ -141,7 +140,7 @@ def row_schema(runs: list[Run], registry: Registry) -> pa.Schema:
     for run in runs:
         task = registry.task(run.config["task"])()
         for split in task.eval_set_names(run.config):
-            for metric in task.eval_metrics(run.config, EvalSpec(split, "source", split)):
+            for metric in task.eval_metrics(run.config, split):
                 columns = list(summary_columns(split, metric, registry.metric(metric).higher_is_better))
                 for column in columns[:1] if split == "val" else columns:  # validation: final value only
                     fields.setdefault(column, pa.float64())

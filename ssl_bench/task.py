@@ -42,15 +42,15 @@ class EvalSpec:
     ``name`` prefixes its columns (``test`` -> ``test_error``); ``domain`` is a key of
     ``Plan.domains``; ``split`` is train | test | validation (the run's own validation draw);
     ``indices`` restricts the split (e.g. retrieval's held-out classes); ``other`` names the
-    evaluation set of the other domain (for cross-domain metrics such as ``mmd``);
-    ``metrics`` replaces the task's default metrics for this set (None: the defaults)."""
+    evaluation set of the other domain (for cross-domain metrics such as ``mmd``). Which
+    metrics a set gets is the task's :meth:`Task.eval_metrics` (known before data are
+    loaded, so the result columns are too)."""
 
     name: str
     domain: str
     split: str
     indices: np.ndarray | None = None
     other: str | None = None
-    metrics: tuple[str, ...] | None = None
 
     def __post_init__(self):
         if self.split not in SPLITS:
@@ -109,16 +109,14 @@ class Task:
     def plan(self, config: dict, data: dict[str, ImageDataset]) -> Plan:
         raise NotImplementedError
 
-    def eval_metrics(self, config: dict, spec: EvalSpec) -> tuple[str, ...]:
-        """The metrics computed on one evaluation set: the set's own, or the task's defaults
-        plus the run's ``metrics`` setting."""
-        if spec.metrics is not None:
-            return spec.metrics
+    def eval_metrics(self, config: dict, name: str) -> tuple[str, ...]:
+        """The metrics computed on the evaluation set ``name``: by default the task's
+        ``metrics`` plus the run's ``metrics`` setting; override for per-set metrics."""
         return tuple(dict.fromkeys([*self.metrics, *config.get("metrics", [])]))
 
     def eval_set_names(self, config: dict) -> list[str]:
-        """The evaluation sets' names without loading data (for validating table columns);
-        by default those of a plan's ``eval_sets``, which subclasses list statically."""
+        """The names of the plan's ``eval_sets``, known without loading data (the result
+        columns, and the tables' metrics, are checked against them before training)."""
         return ["test"] + (["val"] if config.get("n_validation") else [])
 
 

@@ -37,8 +37,8 @@ class DomainAdaptation(Task):
     def data_roles(self, config):
         return {"source": config["dataset"], "target": config["target"]}
 
-    def eval_metrics(self, config, spec):
-        extra = ("mmd",) if spec.name == "test" else ()
+    def eval_metrics(self, config, name):
+        extra = ("mmd",) if name == "test" else ()
         return tuple(dict.fromkeys([*self.metrics, *extra, *config.get("metrics", [])]))
 
     def eval_set_names(self, config):
