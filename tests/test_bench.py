@@ -85,7 +85,7 @@ def test_flops_of_a_training_step_match_a_hand_count():
 def test_bench_end_to_end_on_a_tiny_network(tmp_path):
     grid = write_grid(tmp_path, TINY_SVHN)
     out = tmp_path / "bench.json"
-    proc = cli("bench", "--grid", str(grid), "--steps", "8", "--warmup", "1", "--pack", "3", "--workers", "0",
+    proc = cli("bench", "--grid", str(grid), "--steps", "40", "--warmup", "2", "--pack", "3", "--workers", "0",
                "--images", "300", "--json", str(out))
     assert proc.returncode == 0, proc.stderr
     report = json.loads(out.read_text())
