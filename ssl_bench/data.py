@@ -41,6 +41,11 @@ class ImageDataset:
     #: a fixed input transform (e.g. ZCA whitening fitted on the training set) applied to every
     #: batch, training and evaluation, after scaling to [0, 1] (and augmentation), before mean/std
     transform: Callable[[torch.Tensor], torch.Tensor] | None = None
+    #: the data set's own versions of view pipelines, by name (e.g. ``{"weak": translate_only}``
+    #: for digits, which a horizontal flip would turn into other symbols); a method's view of that
+    #: name uses it instead of the registered pipeline (``ssl_bench.views.view_pipeline``)
+    pipelines: dict[str, Callable[[torch.Tensor, torch.Generator], torch.Tensor]] = dataclasses.field(
+        default_factory=dict)
 
     def __post_init__(self):
         for split in ("train", "test"):
@@ -244,6 +249,7 @@ class Domain:
         self.dataset, self.device, self.memory_format = dataset, device, memory_format
         self.mean, self.std, self.transform = on_device.mean, on_device.std, dataset.transform
         self.standard_augment = dataset.augment
+        self.pipelines = dataset.pipelines
         self.train_x, self.train_y = on_device.train_x, on_device.train_y
         self.test_x, self.test_y = on_device.test_x, on_device.test_y
         self.unlabeled_x = on_device.unlabeled_x

@@ -490,7 +490,7 @@ class _Pack:
             run.ctx = TrainContext(step=0, steps=config["steps"], num_classes=plan.num_outputs, device=device,
                                    data=run.data, generator=run.data.generator, labels=run.data.labels)
             domains = {"labeled": run.data.domain, "unlabeled": run.data.unlabeled_domain}
-            run.views = {role: [view_pipeline(name, self.registry, domains[role].standard_augment) for name in names]
+            run.views = {role: [view_pipeline(name, self.registry, domains[role]) for name in names]
                          for role, names in self.method.views.items()}
         self.models = models
         self.nets = _Networks(models, self.method, [r.ctx for r in self.runs], config, self.options, device)

@@ -117,7 +117,7 @@ def check_against_data(prepared: PreparedGrid, registry: Registry, data_dir: Pat
         method = build_method(cfg, registry)
         for names in method.views.values():
             for name in names:  # an unknown pipeline fails here, with the installed ones
-                view_pipeline(name, registry, None)
+                view_pipeline(name, registry)
         model_key = results.config_json([cfg["backbone"], plugin_args(cfg, "backbone"), cfg["pretrained"], key,
                                          cfg["method"], plugin_args(cfg, "method")])
         if model_key not in checked_models:

@@ -6,7 +6,9 @@ An augmentation pipeline plugin (hook ``ssl_bench_augmentations``) is an
 N x C x H x W in [0, 1] on the training device to a batch of the same shape, drawing all its
 randomness from ``generator`` (per sample, batched: no per-sample Python). Two names are
 always there: ``"none"`` (the batch as is) and ``"standard"`` (the data set's own
-augmentation, ``ImageDataset.augment``; the identity for a data set that defines none).
+augmentation, ``ImageDataset.augment``; the identity for a data set that defines none). A data
+set may define its own version of any view name (``ImageDataset.pipelines``: digits and SVHN
+have a "weak" without the horizontal flip, which would turn their symbols into others).
 
 A method declares the views of each batch it needs as a class attribute, e.g. FixMatch::
 
@@ -44,13 +46,20 @@ def identity(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return x
 
 
-def view_pipeline(name: str, registry, standard: Callable | None) -> Callable | None:
-    """The pipeline a view name stands for: None for ``"none"``, ``standard`` (the domain's own
-    augmentation) for ``"standard"``, else the registered pipeline (an unknown name is a
-    UserError listing the installed ones). Aliases (``weak``, ``strong``) are resolved first."""
+def view_pipeline(name: str, registry, domain=None) -> Callable | None:
+    """The pipeline a view name stands for on a domain (a data set on the device, or None when
+    only checking the name): the data set's own pipeline of that name if it has one (e.g. its
+    "weak"), else None for ``"none"``, the data set's standard augmentation for ``"standard"``,
+    else the registered pipeline (aliases ``weak``/``strong`` resolved first; an unknown name is
+    a UserError listing the installed ones)."""
+    own = getattr(domain, "pipelines", None) or {}
+    if name in own:
+        return own[name]
     name = ALIASES.get(name, name)
+    if name in own:
+        return own[name]
     if name == "none":
         return None
     if name == "standard":
-        return standard
+        return getattr(domain, "standard_augment", None)
     return registry.augmentation(name).apply

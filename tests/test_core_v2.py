@@ -357,6 +357,18 @@ def test_a_two_view_method_gets_its_views_of_the_same_images(reg, tmp_path):
     assert "consistency" in outcome.curves[-1]["loss_terms"]
 
 
+def test_a_data_set_may_define_its_own_weak_view(reg):
+    from ssl_bench.data import Domain
+    from ssl_bench.views import view_pipeline
+    from ssl_bench_plugins.augment.pipelines import flip_translate, weak_without_flip
+
+    digits = Domain(load_digits(None), CPU)
+    assert view_pipeline("weak", reg, digits) is weak_without_flip  # a mirrored digit is another symbol
+    assert view_pipeline("flip_translate", reg, digits) is flip_translate
+    assert view_pipeline("weak", reg) is flip_translate  # no domain: the registered pipeline
+    assert view_pipeline("standard", reg, digits) is None and view_pipeline("none", reg, digits) is None
+
+
 def test_an_unknown_view_pipeline_fails_before_training(reg, tmp_path, monkeypatch):
     monkeypatch.setattr(TwoViews, "views", {"unlabeled": ("none", "warp")})
     assert "unknown augmentation pipeline 'warp'" in rejected(reg, tmp_path, TWO_VIEWS)

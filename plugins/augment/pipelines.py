@@ -258,6 +258,13 @@ def flip_translate(x: Tensor, generator: torch.Generator, p: float = FLIP_P,
     return flip_translate_by(x, flip, dx, dy)
 
 
+def weak_without_flip(x: Tensor, generator: torch.Generator) -> Tensor:
+    """The weak augmentation of symbols a mirror would change (digits, SVHN): translation by up
+    to 12.5% of the side, no flip (FixMatch's code drops the flip for SVHN). Data sets register it
+    as their "weak" view (``ImageDataset.pipelines``)."""
+    return random_translate(x, generator)
+
+
 def random_cutout(x: Tensor, generator: torch.Generator, fraction: float = CUTOUT_FRACTION,
                   fill: float = CUTOUT_FILL) -> Tensor:
     """Cutout: one hole of side round(fraction * min(H, W)) at a uniform pixel centre per sample,

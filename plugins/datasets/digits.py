@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ssl_bench import DatasetSpec, ImageDataset, hookimpl
+from ssl_bench_plugins.augment.pipelines import weak_without_flip
 
 TEST_SIZE = 500
 
@@ -51,6 +52,7 @@ def _digits(inverted: bool) -> ImageDataset:
         train_x=torch.from_numpy(images[train]), train_y=torch.from_numpy(labels[train]),
         test_x=torch.from_numpy(images[test]), test_y=torch.from_numpy(labels[test]),
         num_classes=10, mean=(float(scaled.mean()),), std=(float(scaled.std()),),
+        pipelines={"weak": weak_without_flip},  # a mirrored digit is another symbol
         description="UCI digits (scikit-learn), 1297 train / 500 test, 1x8x8" + (", inverted" if inverted else ""),
     )
 

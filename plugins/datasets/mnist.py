@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from ssl_bench import DatasetSpec, ImageDataset, UserError, hookimpl
+from ssl_bench_plugins.augment.pipelines import weak_without_flip
 from ssl_bench_plugins.datasets import files
 
 #: idx type code -> numpy dtype (big-endian)
@@ -150,6 +151,7 @@ def load_idx_dataset(name: str, data_dir, extra_dirs=(), alternative: str = "") 
         train_x=torch.from_numpy(np.ascontiguousarray(train_x)), train_y=torch.from_numpy(train_y),
         test_x=torch.from_numpy(np.ascontiguousarray(test_x)), test_y=torch.from_numpy(test_y),
         num_classes=10, mean=mean, std=std,
+        pipelines={"weak": weak_without_flip} if name == "mnist" else {},  # a mirrored digit is another symbol
         description=f"{DESCRIPTIONS[name]}, {len(train_y)} train / {len(test_y)} test, {c}x{h}x{w}, "
                     f"from {paths[0].parent}",
     )

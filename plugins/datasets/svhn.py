@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from ssl_bench import DatasetSpec, ImageDataset, UserError, hookimpl
+from ssl_bench_plugins.augment.pipelines import weak_without_flip
 from ssl_bench_plugins.datasets import files
 
 NAME = "svhn"
@@ -105,6 +106,7 @@ def load_svhn(data_dir, extra: bool = False) -> ImageDataset:
         train_x=torch.from_numpy(train_x), train_y=torch.from_numpy(train_y),
         test_x=torch.from_numpy(test_x), test_y=torch.from_numpy(test_y),
         num_classes=10, mean=mean, std=std, augment=augment,
+        pipelines={"weak": weak_without_flip},  # a mirrored digit is another symbol
         description=f"SVHN cropped digits (format 2), {len(train_y)} train{' (with extra)' if extra else ''} / "
                     f"{len(test_y)} test, 3x{h}x{w}, from {paths[0].parent}",
     )
