@@ -49,7 +49,7 @@ import copy
 import dataclasses
 import math
 import time
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch

@@ -24,7 +24,7 @@ fail before training) and :meth:`Task.plan`::
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 

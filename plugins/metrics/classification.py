@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 
-import torch
 
 from ssl_bench.hookspecs import hookimpl
 from ssl_bench.metric import Collected, Metric
