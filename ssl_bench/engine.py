@@ -589,7 +589,7 @@ class _Pack:
     def update(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
         """Backward, optimiser and schedule, EMA; the method's end-of-step hook and any
         optimiser restart it asked for. Returns the loss of each run."""
-        loss = torch.stack(list(terms.values())).sum(0)  # one loss per run
+        loss = torch.stack([v for k, v in terms.items() if k not in self.method.monitored]).sum(0)  # one per run
         self.optimizer.zero_grad(set_to_none=True)
         loss.sum().backward()  # runs are independent: each gets its own gradient
         self.optimizer.step()

@@ -113,6 +113,10 @@ class Method:
     #: the views of each batch the method needs beyond the plain one: role -> pipeline names
     #: (``ssl_bench.views``), e.g. ``{"unlabeled": ("weak", "strong")}``
     views: ClassVar[dict[str, tuple[str, ...]]] = {}
+    #: names of ``loss_terms`` entries that are monitored values, not loss: averaged into the
+    #: curve's ``loss_terms`` like the others but never added to the loss (e.g. FixMatch's mask
+    #: rate); they must not need gradients
+    monitored: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, **hparams: Any):
         values = validate(self.params(), hparams, where=f"methods.{self.name}.")
@@ -130,7 +134,8 @@ class Method:
 
     # ---------------------------------------------------------------- the objective
     def loss_terms(self, batch: Batch, model: nn.Module, ctx: TrainContext) -> dict[str, torch.Tensor]:
-        """Return the named scalar loss terms of this step (already weighted); the loop sums them."""
+        """Return the named scalar loss terms of this step (already weighted); the loop sums them,
+        except those named in ``monitored``, which it only records."""
         raise NotImplementedError
 
     # ---------------------------------------------------------------- the network

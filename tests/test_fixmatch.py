@@ -76,7 +76,8 @@ def test_unlabeled_loss_by_hand_is_normalised_by_the_unlabeled_batch():
 def test_loss_terms_by_hand_from_the_views_in_one_forward_pass():
     model = Logits()
     terms = FixMatch(weight=2.0).loss_terms(batch(), model, None)
-    assert set(terms) == {"classification", "consistency"}
+    assert set(terms) == {"classification", "consistency", "mask_rate"}
+    assert terms["mask_rate"].item() == pytest.approx(0.5)  # monitored: recorded, not added to the loss
     # the supervised loss is of the weak labeled view (the plain x_labeled would give log 3)
     assert terms["classification"].item() == pytest.approx((-math.log(0.8) - math.log(0.2)) / 2, rel=1e-6)
     assert terms["consistency"].item() == pytest.approx(2.0 * 2 * math.log(2) / 4, rel=1e-6)
@@ -179,10 +180,12 @@ def test_ten_steps_on_digits(trained, threshold):
         assert outcome.pack_size == 1 and len(outcome.curves) == 2
         for point in outcome.curves:
             assert math.isfinite(point["loss"]) and math.isfinite(point["test_error"])
-            assert set(point["loss_terms"]) == {"classification", "consistency"}
+            assert set(point["loss_terms"]) == {"classification", "consistency", "mask_rate"}
             assert all(math.isfinite(v) for v in point["loss_terms"].values())
+            assert 0 <= point["loss_terms"]["mask_rate"] <= 1
             # the reported loss is exactly the sum of the two terms (float32 per step; no diagnostic term in it)
-            assert point["loss"] == pytest.approx(sum(point["loss_terms"].values()), rel=1e-6)
+            assert point["loss"] == pytest.approx(  # the monitored mask rate is not part of the loss
+                point["loss_terms"]["classification"] + point["loss_terms"]["consistency"], rel=1e-6)
     if threshold == 0.15:
         assert any(p["loss_terms"]["consistency"] > 0 for o in solo for p in o.curves)
 
@@ -194,6 +197,6 @@ def test_two_seeds_pack_and_match_solo_runs(trained, threshold):
     assert [p["loss"] for p in solo[0].curves] != pytest.approx([p["loss"] for p in solo[1].curves])
     for a, b in zip(packed, solo):
         assert [p["loss"] for p in a.curves] == pytest.approx([p["loss"] for p in b.curves], rel=1e-4)
-        for name in ("classification", "consistency"):
+        for name in ("classification", "consistency", "mask_rate"):
             assert [p["loss_terms"][name] for p in a.curves] == pytest.approx(
                 [p["loss_terms"][name] for p in b.curves], rel=1e-4, abs=1e-7)

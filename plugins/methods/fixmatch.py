@@ -57,11 +57,10 @@ Choices, where the paper leaves room:
   threshold is compared at full precision under bf16 autocast.
 - Only hard pseudo-labels (the paper's main variant); the soft/sharpened variant (``temperature``,
   §5.2 ablation) is not implemented.
-- Diagnostics: the mask rate (the code's ``monitors/mask``) and the pseudo-labels' accuracy are
-  not reported yet. The method API has no per-step logging channel besides loss terms, and every
-  term is summed into the reported loss: a detached ``mask_rate`` term would carry no gradient
-  but shift the reported loss by the rate; overriding ``diagnostics`` (a lifecycle hook) would
-  stop the method from packing. The reported loss is kept exactly L_s + lambda_u L_u.
+- Monitored (``Method.monitored``: recorded in the curve's loss terms, never added to the loss):
+  ``mask_rate``, the fraction of the unlabeled batch whose pseudo-label passes the threshold (the
+  code's ``monitors/mask``). The pseudo-labels' accuracy is not reported (the loss never sees the
+  true labels of unlabeled images).
 - No hooks and no randomness inside the loss (the views are drawn by the core from the run's
   generator), so FixMatch runs pack.
 """
@@ -94,6 +93,7 @@ class FixMatch(Method):
 
     name = "fixmatch"
     views = {"labeled": ("weak",), "unlabeled": ("weak", "strong")}
+    monitored = ("mask_rate",)
     threshold: float = hyperparameter(0.95, ge=0, help="tau: confidence threshold of the pseudo-labels (eq. 4); "
                                                        "the paper and code use 0.95")
     weight: float = hyperparameter(1.0, ge=0, help="lambda_u: weight of the unlabeled loss; the paper uses 1")
@@ -112,6 +112,7 @@ class FixMatch(Method):
         return {
             "classification": F.cross_entropy(logits_labeled, batch.y_labeled),
             "consistency": self.weight * unlabeled_loss(logits_weak, logits_strong, self.threshold),
+            "mask_rate": pseudo_labels(logits_weak, self.threshold)[1].mean(),
         }
 
 
