@@ -45,6 +45,8 @@ SHAPES = {
     ("cclp_steps_digits", "fig4_baseline"): (["0"], ["50", "all"]),
     ("cclp_steps_digits", "fig4_test"): (CHAINS, ["50", "all"]),
     ("cclp_steps_digits", "fig4_test_baseline"): (["0"], ["50", "all"]),
+    ("baselines_digits", "baselines"): (["supervised", "entmin", "pi_model", "temporal_ensembling", "mean_teacher",
+                                         "vat", "mixup", "mixmatch", "fixmatch", "lba", "cclp"], ["50"]),
 }
 
 
@@ -94,7 +96,8 @@ def test_every_builtin_grid_is_covered(registry):
 def test_paper_grids_have_the_papers_run_counts(registry, tmp_path):
     expected = {"svhn_table3": 240, "svhn_table2": 30, "mnist_table1": 30, "mnist_visit_weight": 40,
                 "svhn_visit_weight": 40, "stl10_lba": 5, "fashion_mnist_table3": 60, "digits_table3": 60,
-                "cclp_table1": 180, "cclp_steps": 600, "cclp_steps_fashion_mnist": 100, "cclp_steps_digits": 100}
+                "cclp_table1": 180, "cclp_steps": 600, "cclp_steps_fashion_mnist": 100, "cclp_steps_digits": 100,
+                "baselines_digits": 110}
     for grid, n in expected.items():
         assert len(prepare(grid, registry, data_dir=tmp_path, data="skip").runs) == n, grid
 
