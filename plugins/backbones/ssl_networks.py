@@ -126,6 +126,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ssl_bench import Backbone, UserError, hookimpl
+from ssl_bench_plugins.backbones.cclp_networks import GaussianNoise  # x + std N(0, 1), training only
 
 LEAKY_SLOPE = 0.1
 
@@ -150,22 +151,6 @@ def _check_range(name: str, key: str, value: float, low: float, high: float, hig
 def _check_positive(name: str, key: str, value: int) -> None:
     if value < 1:
         raise UserError(f"backbones.{name}.{key} must be positive, got {value}")
-
-
-class GaussianNoise(nn.Module):
-    """x + std * N(0, 1) noise (``torch.randn_like``, the global generator), training mode only."""
-
-    def __init__(self, std: float):
-        super().__init__()
-        self.std = float(std)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training and self.std > 0:
-            return x + self.std * torch.randn_like(x)
-        return x
-
-    def extra_repr(self) -> str:
-        return f"std={self.std:g}"
 
 
 def _init_conv_bn(module: nn.Module, mode: str, nonlinearity: str) -> None:
