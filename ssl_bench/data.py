@@ -327,9 +327,11 @@ class DeviceData:
                  augment: bool = False, memory_format: torch.memory_format = torch.contiguous_format, *,
                  labels: np.ndarray | None = None, unlabeled_dataset: ImageDataset | None = None,
                  unlabeled_from_pool: bool | None = None, num_classes: int | None = None,
-                 hide_labels: bool = False):
+                 hide_labels: bool = False, augmentation: Callable[[Domain], Pipeline | None] | None = None):
         self.device = device
         self.augment = augment
+        #: with ``augment``: a domain's pipeline for plain training batches (None: its standard one)
+        self.augmentation = augmentation
         self.num_classes = num_classes or dataset.num_classes
         self.memory_format = memory_format
         self.domain = Domain(dataset, device, memory_format)
@@ -360,9 +362,13 @@ class DeviceData:
         return self.domain.normalise(x_uint8)
 
     def training_batch(self, images: torch.Tensor, domain: Domain | None = None) -> torch.Tensor:
-        """uint8 training images: scaled to [0, 1], augmented if the run asks for it, normalised."""
+        """uint8 training images: scaled to [0, 1], augmented if the run asks for it (``augment``,
+        ``augmentation``), normalised."""
         domain = domain or self.domain
-        return domain.prepare(images, domain.standard_augment if self.augment else None, self.generator)
+        pipeline = None
+        if self.augment:
+            pipeline = domain.standard_augment if self.augmentation is None else self.augmentation(domain)
+        return domain.prepare(images, pipeline, self.generator)
 
     def view(self, images: torch.Tensor, pipeline: Pipeline | None, domain: Domain | None = None) -> torch.Tensor:
         """One more augmented view of uint8 training images (a method's declared view)."""

@@ -47,6 +47,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import functools
 import math
 import time
 from typing import Callable, Sequence
@@ -482,7 +483,10 @@ class _Pack:
             torch.manual_seed(seed)
             labeled = plan.domains[plan.labeled_domain]
             models.append(build_model(run.config, self.registry, labeled, plan.num_outputs, self.method).to(device))
+            augmentation = config.get("augmentation", "standard")
             run.data = DeviceData(labeled, plan.subsets, device, seed, augment=config["augment"],
+                                  augmentation=None if augmentation == "standard" else
+                                  functools.partial(view_pipeline, augmentation, self.registry),
                                   memory_format=memory_format, labels=plan.labels,
                                   unlabeled_dataset=plan.domains[plan.unlabeled_domain],
                                   unlabeled_from_pool=plan.unlabeled_from_pool, num_classes=plan.num_outputs,

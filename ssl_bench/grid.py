@@ -37,6 +37,9 @@ A grid is a TOML file::
     caption = "..."
     where = { method = "lba" }        # optional filter
     reference = "../references/x.csv" # optional: the paper's numbers, relative to this file
+    select = "val_error"              # optional: where a cell's runs differ in more than the seed
+                                      # (a swept knob), show the setting with the best median of
+                                      # this column: tuning on validation, reported on test
 
 A run configuration is a nested dict of the protocol keys, ``method``/``backbone``/``dataset``
 and their fully defaulted parameters (``methods.NAME``, ...) for exactly the plugins the run
@@ -48,7 +51,6 @@ import copy
 import dataclasses
 import difflib
 import hashlib
-import itertools
 import json
 import sys
 from pathlib import Path
@@ -66,7 +68,8 @@ from .protocol import PLUGIN_KEYS, PROTOCOL_PARAMS, SUBTABLES
 TOP_KEYS = {"name", "description", "base", "axes", "zip", "exclude", "table", "smoke"}
 #: what --smoke sets, before the grid's own [smoke] table and the user's --set options
 SMOKE_DEFAULTS = {"steps": 2, "eval_every": 1}
-TABLE_KEYS = {"name", "rows", "columns", "metric", "statistic", "spread", "format", "caption", "where", "reference"}
+TABLE_KEYS = {"name", "rows", "columns", "metric", "statistic", "spread", "format", "caption", "where", "reference",
+              "select"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +84,7 @@ class TableSpec:
     caption: str = ""
     where: dict = dataclasses.field(default_factory=dict)
     reference: Path | None = None
+    select: str = ""  # a result column: per cell, keep the setting whose median of it is best
 
 
 @dataclasses.dataclass(frozen=True)
@@ -271,10 +275,7 @@ def expand(grid: Grid, registry) -> list[Run]:
     """All runs of the grid, resolved (defaults filled, values validated) and hashed, in axis
     order. Raises UserError on the first invalid run, before anything is trained."""
     runs, ids = [], set()
-    for combo in itertools.product(*grid.axes):
-        flat = dict(grid.base)
-        for assignment in combo:
-            flat.update(assignment)
+    for flat in _combinations(grid):
         if _excluded(flat, grid.excludes):  # before resolving: an excluded combination may be invalid
             continue
         config = resolve(flat, registry)
@@ -286,6 +287,42 @@ def expand(grid: Grid, registry) -> list[Run]:
         ids.add(run_id)
         runs.append(Run(run_id, config))
     return runs
+
+
+def _combinations(grid: Grid):
+    """The flat settings of every axis combination, in ``itertools.product`` order, except
+    combinations that differ only in a plugin's knob the run does not use: an axis whose keys
+    all belong to plugins other than the run's (``methods.vat.eps`` in a pi_model run) keeps its
+    first value only. So ``[axes]`` may sweep each method's own knob beside a ``method`` axis
+    without multiplying the combinations (the runs are the same: such knobs are not part of a
+    run's configuration)."""
+    excluded_keys = {k for e in grid.excludes for k in e}
+    sections = {section: key for key, section in PLUGIN_KEYS.items()}
+
+    def owners(axis: list[dict]) -> set[tuple[str, str]] | None:
+        keys = list(axis[0])
+        parts = [k.split(".") for k in keys]
+        if any(len(p) != 3 or p[0] not in sections or k in excluded_keys for p, k in zip(parts, keys)):
+            return None
+        return {(sections[p[0]], p[1]) for p in parts}
+
+    owned = [owners(axis) for axis in grid.axes]
+    order = [i for i, o in enumerate(owned) if o is None] + [i for i, o in enumerate(owned) if o is not None]
+    found: list[tuple[tuple[int, ...], dict]] = []
+
+    def walk(position: int, flat: dict, index: dict[int, int]) -> None:
+        if position == len(order):
+            found.append((tuple(index[i] for i in range(len(grid.axes))), flat))
+            return
+        i = order[position]
+        used = {(key, flat.get(key)) for key in PLUGIN_KEYS} | {("dataset", flat.get("target"))}
+        choices = grid.axes[i] if owned[i] is None or owned[i] & used else grid.axes[i][:1]
+        for j, assignment in enumerate(choices):
+            walk(position + 1, {**flat, **assignment}, {**index, i: j})
+
+    walk(0, dict(grid.base), {})
+    found.sort(key=lambda item: item[0])
+    return [flat for _, flat in found]
 
 
 def _same(a: Any, b: Any) -> bool:

@@ -21,7 +21,7 @@ def plot_metric(runs: list[Run], rows: pd.DataFrame, *, x: str, metric: str, ser
         if key is not None and not all(key in run.flat() for run in runs):
             raise UserError(f"{key!r} is not a setting of every run of the grid")
     spec = TableSpec(name="plot", rows=series or x, columns=x, metric=metric, statistic=stat, spread="std")
-    series_labels, x_labels, cells, excluded = cell_values(spec, runs, rows)
+    series_labels, x_labels, cells, excluded, _ = cell_values(spec, runs, rows)
     try:
         x_values = [float(v) for v in x_labels]
     except ValueError:

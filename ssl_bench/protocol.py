@@ -40,7 +40,7 @@ class Protocol:
     lr: float = hyperparameter(1e-3, gt=0, help="initial learning rate")
     lr_decay_every: int = hyperparameter(0, ge=0, help="multiply the lr by lr_decay_factor every this many steps (0: never)")
     lr_decay_factor: float = hyperparameter(0.33, gt=0, le=1)
-    augment: bool = hyperparameter(False, help="apply the data set's standard augmentation (see its plugin) to training batches")
+    augment: bool = hyperparameter(False, help="augment the plain training batches (those a method reads as batch.x_labeled / x_unlabeled) with `augmentation`")
     weight_decay: float = hyperparameter(0.0, ge=0, help="L2 regulariser: weight * sum(w^2)/2 over conv/linear weights, added to the loss (optim.weight_decay_style = \"decoupled\": the optimiser's own decay)")
     # ---- core v2 (version 0.2): each is left out of run ids while at its default
     task: str = hyperparameter("ssl", help="what the run draws and how it is evaluated: ssl, domain_adaptation, clustering, retrieval (`ssl-bench list tasks`)", since=V2)
@@ -52,6 +52,7 @@ class Protocol:
     ema_decay: float = hyperparameter(0.0, ge=0, le=0.99999, help="evaluate an exponential moving average of the weights with this decay (0: the trained weights); methods read it as ctx.ema_model", since=V2)
     metrics: list[str] = hyperparameter([], help="metrics beyond the task's defaults, e.g. [\"nmi\", \"recall@4\"] (`ssl-bench list metrics`)", since=V2)
     pretrained: str = hyperparameter("", help="a local file holding the backbone's weights (a state_dict); its sha256 is stored in the row", since=V2)
+    augmentation: str = hyperparameter("standard", help="with augment = true, the pipeline of the plain training batches: \"standard\" (the data set's own, e.g. LbA's SVHN affine + blur) or any view name (\"weak\": flip + translate, the data set's own weak if it has one; `ssl-bench list augmentations`)", since=V2)
 
 
 class Optim:

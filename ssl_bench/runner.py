@@ -76,14 +76,16 @@ def prepare(ref: str, registry: Registry, *, overrides: dict[str, Any] | None = 
 
 
 def check_table_metric(grid: str, table, schema: pa.Schema) -> None:
-    """A table's metric must be a numeric result column (or an accuracy derived from an error)."""
+    """A table's metric (and ``select`` column) must be a numeric result column (or an accuracy
+    derived from an error)."""
     from .tables import metric_column
 
     names = set(schema.names)
-    if metric_column(table.metric, names) is None:
-        numeric = sorted(f.name for f in schema if pa.types.is_floating(f.type) and f.name not in ("wall_s",))
-        raise UserError(f"grid {grid!r}: table {table.name!r}: metric {table.metric!r} is not a result column of "
-                        f"its runs; one of {', '.join(numeric)}")
+    for key, metric in (("metric", table.metric), ("select", table.select)):
+        if metric and metric_column(metric, names) is None:
+            numeric = sorted(f.name for f in schema if pa.types.is_floating(f.type) and f.name not in ("wall_s",))
+            raise UserError(f"grid {grid!r}: table {table.name!r}: {key} {metric!r} is not a result column of "
+                            f"its runs; one of {', '.join(numeric)}")
 
 
 def check_against_data(prepared: PreparedGrid, registry: Registry, data_dir: Path, *, optional: bool,
@@ -108,10 +110,17 @@ def check_against_data(prepared: PreparedGrid, registry: Registry, data_dir: Pat
                 warn(f"note: counts not checked against data set {cfg['dataset']!r}: {exc}")
                 continue
         data = datasets[key]
-        if cfg["augment"]:
+        augmentation = cfg.get("augmentation", "standard")
+        if not cfg["augment"] and augmentation != "standard":
+            raise UserError(f"augmentation = {augmentation!r} is set, but augment = false: set augment = true to "
+                            f"augment the training batches")
+        if cfg["augment"] and augmentation == "standard":
             for role, ds in data.items():
                 if ds.augment is None:
-                    raise UserError(f"augment = true, but data set {ds.name!r} ({role}) defines no augmentation")
+                    raise UserError(f"augment = true, but data set {ds.name!r} ({role}) defines no standard "
+                                    f"augmentation; name a view pipeline instead, e.g. augmentation = \"weak\"")
+        elif cfg["augment"]:
+            view_pipeline(augmentation, registry)  # an unknown name fails here, with the installed ones
         task = registry.task(cfg["task"])()
         task.check(cfg, data)
         method = build_method(cfg, registry)

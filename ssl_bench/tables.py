@@ -85,30 +85,60 @@ def describe_metric(metric: str) -> str:
 
 
 def cell_values(spec: TableSpec, runs: list[Run], rows: pd.DataFrame):
-    """(row labels, column labels, {(row, col): array of metric values}, excluded-status counts)."""
+    """(row labels, column labels, {(row, col): array of metric values}, excluded-status counts,
+    {(row, col): the setting chosen by ``spec.select``}). With ``select``, the runs of a cell that
+    differ in more than their seed are candidate settings; the cell holds the runs of the one
+    whose median ``select`` value is best (by that column's direction)."""
     selected = []
     for run in runs:
         flat = run.flat()
         if all(canon(flat.get(k)) == canon(v) for k, v in spec.where.items()):
-            selected.append((run.run_id, canon(flat[spec.rows]), canon(flat[spec.columns])))
+            selected.append((run, canon(flat[spec.rows]), canon(flat[spec.columns])))
     row_labels = list(dict.fromkeys(r for _, r, _ in selected))
     col_labels = list(dict.fromkeys(c for _, _, c in selected))
     by_id = rows.set_index("run_id") if len(rows) else None
-    cells: dict[tuple[str, str], list[float]] = {}
     excluded: dict[str, int] = {}
-    for run_id, r, c in selected:
-        cells.setdefault((r, c), [])
-        if by_id is None or run_id not in by_id.index:
+
+    def value(row, metric: str) -> float | None:
+        found = metric_column(metric, row.index)
+        v = row.get(found[0]) if found else None
+        if v is None or pd.isna(v):
+            return None
+        return 100.0 - float(v) if found[1] else float(v)
+
+    # cell -> candidate setting -> [(metric value, select value)] of its finished, ok runs
+    candidates: dict[tuple[str, str], dict[str, list[tuple[float | None, float | None]]]] = {}
+    settings: dict[str, dict] = {}
+    for run, r, c in selected:
+        flat = {k: v for k, v in run.flat().items() if k != "seed"}
+        key = repr(sorted((k, canon(v)) for k, v in flat.items())) if spec.select else ""
+        settings[key] = flat
+        found = candidates.setdefault((r, c), {}).setdefault(key, [])
+        if by_id is None or run.run_id not in by_id.index:
             continue
-        row = by_id.loc[run_id]
+        row = by_id.loc[run.run_id]
         if row["status"] != "ok":
             excluded[row["status"]] = excluded.get(row["status"], 0) + 1
             continue
-        found = metric_column(spec.metric, row.index)
-        value = row.get(found[0]) if found else None
-        if value is not None and not pd.isna(value):
-            cells[(r, c)].append(100.0 - float(value) if found[1] else float(value))
-    return row_labels, col_labels, {k: np.array(v) for k, v in cells.items()}, excluded
+        found.append((value(row, spec.metric), value(row, spec.select) if spec.select else None))
+
+    cells: dict[tuple[str, str], np.ndarray] = {}
+    choices: dict[tuple[str, str], dict] = {}
+    for cell, options in candidates.items():
+        chosen = next(iter(options))
+        if spec.select:
+            scored = {k: np.median([s for _, s in v if s is not None]) for k, v in options.items()
+                      if any(s is not None for _, s in v)}
+            if scored:
+                sign = -1.0 if higher_is_better(spec.select) else 1.0
+                chosen = min(scored, key=lambda k: sign * scored[k])  # first of equals: the grid's order
+                varying = {k for k in set().union(*(settings[o] for o in options))
+                           if len({canon(settings[o].get(k)) for o in options}) > 1}
+                choices[cell] = {k: settings[chosen].get(k) for k in sorted(varying)}
+            else:
+                options = {chosen: []}  # nothing to select by yet: the cell is empty
+        cells[cell] = np.array([m for m, _ in options[chosen] if m is not None])
+    return row_labels, col_labels, cells, excluded, choices
 
 
 def higher_is_better(metric: str) -> bool:
@@ -138,9 +168,15 @@ def format_cell(centre: float, spread: float, fmt: str, n: int | None = None) ->
     return text
 
 
-def describe(spec: TableSpec, excluded: dict[str, int]) -> str:
+def describe(spec: TableSpec, excluded: dict[str, int], choices: dict | None = None) -> str:
     stat = ("best run" if spec.statistic == "best" else spec.statistic) + (" (std, ddof=1)" if spec.spread == "std" else "")
     text = f"Cells: {stat} over runs; {describe_metric(spec.metric)}."
+    if spec.select:
+        text += (f" Each cell shows the setting with the best median {spec.select} over its seeds "
+                 f"({describe_metric(spec.select)}), chosen per cell")
+        chosen = "; ".join(f"{r} @ {c}: " + ", ".join(f"{k.rsplit('.', 1)[-1]}={canon(v)}" for k, v in setting.items())
+                           for (r, c), setting in choices.items() if setting)
+        text += f": {chosen}." if chosen else "."
     if excluded:
         text += " Excluded: " + ", ".join(f"{n} {status}" for status, n in sorted(excluded.items())) + " run(s)."
     return text
@@ -149,7 +185,7 @@ def describe(spec: TableSpec, excluded: dict[str, int]) -> str:
 def table_frame(spec: TableSpec, runs: list[Run], rows: pd.DataFrame, *, compare: bool = False,
                 show_n: bool = False) -> tuple[pd.DataFrame, str]:
     """The table as a DataFrame of cell strings, and its description line."""
-    row_labels, col_labels, cells, excluded = cell_values(spec, runs, rows)
+    row_labels, col_labels, cells, excluded, choices = cell_values(spec, runs, rows)
     reference = {}
     if compare:
         if spec.reference is None:
@@ -172,7 +208,7 @@ def table_frame(spec: TableSpec, runs: list[Run], rows: pd.DataFrame, *, compare
                                  if paper and not math.isnan(centre) else MISSING)
         body.append(line)
     frame = pd.DataFrame(body, index=pd.Index(row_labels, name=f"{spec.rows} \\ {spec.columns}"))
-    return frame, describe(spec, excluded)
+    return frame, describe(spec, excluded, choices)
 
 
 def render(spec: TableSpec, runs: list[Run], rows: pd.DataFrame, fmt: str = "markdown", *,

@@ -441,7 +441,42 @@ def test_augment_true_without_an_augmentation_is_rejected_before_training(tmp_pa
     grid = tmp_path / "g.toml"
     grid.write_text('[base]\ndataset = "digits"\nbackbone = "lba_convnet"\nmethod = "lba"\naugment = true\n'
                     '[base.backbones.lba_convnet]\nwidths = "4"\n')
-    with pytest.raises(UserError, match=r"augment = true, but data set 'digits' \(source\) defines no augmentation"):
+    with pytest.raises(UserError, match=r"augment = true, but data set 'digits' \(source\) defines no standard augmentation"):
+        prepare(str(grid), load_registry(), data_dir=tmp_path)
+
+
+def test_augmentation_names_the_pipeline_of_the_plain_batches(digits):
+    """augment = true with augmentation = "weak": the plain batches go through the data set's own
+    weak view (digits: translation, no flip), drawn from the run's generator like any view."""
+    import functools
+
+    from ssl_bench.registry import load_registry
+    from ssl_bench.views import view_pipeline
+
+    subsets = draw_subsets(digits.train_y.numpy(), 10, seed=0, n_labeled=20, n_unlabeled=30, overlap=True)
+    weak = functools.partial(view_pipeline, "weak", load_registry())
+    data = DeviceData(digits, subsets, torch.device("cpu"), seed=5, augment=True, augmentation=weak)
+    plain = DeviceData(digits, subsets, torch.device("cpu"), seed=5, augment=False, augmentation=weak)
+    images = digits.train_x[:6]
+    generator = torch.Generator().manual_seed(5)
+    expected = data.domain.prepare(images, digits.pipelines["weak"], generator)
+    assert torch.equal(data.training_batch(images), expected)
+    assert not torch.equal(expected, data.normalise(images))  # it did move the images
+    assert torch.equal(plain.training_batch(images), plain.normalise(images))  # augment = false: none
+
+
+@pytest.mark.parametrize("settings, message", [
+    ('augmentation = "weak"\n', r"augmentation = 'weak' is set, but augment = false"),
+    ('augment = true\naugmentation = "wobbly"\n', r"wobbly"),
+])
+def test_augmentation_errors_before_training(tmp_path, settings, message):
+    from ssl_bench.registry import load_registry
+    from ssl_bench.runner import prepare
+
+    grid = tmp_path / "g.toml"
+    grid.write_text('[base]\ndataset = "digits"\nbackbone = "lba_convnet"\nmethod = "lba"\n' + settings +
+                    '[base.backbones.lba_convnet]\nwidths = "4"\n')
+    with pytest.raises(UserError, match=message):
         prepare(str(grid), load_registry(), data_dir=tmp_path)
 
 

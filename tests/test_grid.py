@@ -200,6 +200,65 @@ def test_duplicate_resolved_runs_are_dropped(reg):
     assert [r.config["methods"]["lba"]["visit_weight"] for r in runs] == [1.0, 0.5]
 
 
+def _unpruned(grid, reg) -> list[str]:
+    """The run ids of the plain product of the axes, first occurrence kept (what expand returns)."""
+    import itertools
+
+    from ssl_bench.grid import resolve
+    out: list[str] = []
+    for combo in itertools.product(*grid.axes):
+        flat = dict(grid.base)
+        for assignment in combo:
+            flat.update(assignment)
+        run_id = run_id_of(identity(resolve(flat, reg), reg))
+        if run_id not in out:
+            out.append(run_id)
+    return out
+
+
+@pytest.mark.parametrize("knobs_first", [False, True])
+def test_each_methods_knob_is_swept_for_that_method_only(reg, knobs_first):
+    knobs = """
+        methods.vat.eps = [0.3, 1.0, 3.0]
+        methods.pi_model.weight = [1.0, 10.0]
+        """
+    method = """
+        method = ["supervised", "vat", "pi_model"]
+        seed = [0, 1]
+        """
+    grid = grid_of(with_base("[axes]\n" + (textwrap.dedent(knobs) + textwrap.dedent(method) if knobs_first
+                                           else textwrap.dedent(method) + textwrap.dedent(knobs))))
+    runs = expand(grid, reg)
+    # (1 supervised + 3 vat + 2 pi_model settings) x 2 seeds, in the plain product's order
+    assert len(runs) == 12
+    assert ids(runs) == _unpruned(grid, reg)
+    vat = sorted({r.config["methods"]["vat"]["eps"] for r in runs if r.config["method"] == "vat"})
+    assert vat == [0.3, 1.0, 3.0]
+    assert all(set(r.config["methods"]) == {r.config["method"]} for r in runs)
+
+
+def test_many_knob_axes_do_not_multiply_combinations(reg):
+    # 8 knob axes of 4 values: the plain product would be 3 x 4^8 = 196,608 combinations
+    knobs = "\n".join(f"methods.{m}.{k} = [0.5, 1.0, 2.0, 4.0]" for m, k in [
+        ("vat", "eps"), ("vat", "weight"), ("pi_model", "weight"), ("entmin", "weight"), ("mixup", "alpha"),
+        ("mixup", "weight"), ("fixmatch", "weight"), ("mean_teacher", "consistency_weight")])
+    runs = runs_of(with_base(f"[axes]\nmethod = [\"vat\", \"entmin\", \"mixup\"]\n{knobs}\n"), reg)
+    assert len(runs) == 16 + 4 + 16
+
+
+def test_an_excluded_knob_axis_is_not_pruned(reg):
+    # an [[exclude]] may name the knob: its axis is enumerated in full, so the exclude sees it
+    runs = runs_of(with_base("""
+        [axes]
+        method = ["supervised", "vat"]
+        methods.vat.eps = [0.3, 1.0]
+        [[exclude]]
+        methods.vat.eps = 0.3
+        """), reg)
+    assert [(r.config["method"], r.config["methods"].get("vat", {}).get("eps")) for r in runs] == [
+        ("supervised", None), ("vat", 1.0)]
+
+
 # --------------------------------------------------------------------------- run ids
 def test_run_id_of_is_a_stable_hash():
     config = {"a": 1, "b": {"c": 0.5, "d": "x"}}

@@ -8,7 +8,7 @@ from ssl_bench.registry import load_registry
 from ssl_bench.results import read_runs
 from ssl_bench.runner import prepare, run_grid
 from ssl_bench.tables import table_frame
-from test_cifar import write_cifar10
+from test_cifar import write_cifar10, write_cifar100
 from test_datasets import write_idx_set, write_stl10, write_svhn
 
 
@@ -46,7 +46,14 @@ SHAPES = {
     ("cclp_steps_digits", "fig4_test"): (CHAINS, ["50", "all"]),
     ("cclp_steps_digits", "fig4_test_baseline"): (["0"], ["50", "all"]),
     ("baselines_digits", "baselines"): (["supervised", "entmin", "pi_model", "temporal_ensembling", "mean_teacher",
-                                         "vat", "mixup", "mixmatch", "fixmatch", "lba", "cclp"], ["50"]),
+                                         "vat", "mixup", "mixmatch", "fixmatch", "pseudo_label", "lba", "cclp"],
+                                        ["50"]),
+    **{(f"baselines_{data}_table3_{i}", f"table3_{i}"): (
+        ["pi_model", "pseudo_label", "mixup", "vat", "mean_teacher", "mixmatch"], ["250", "500"])
+       for data, i in (("cifar10", 1), ("svhn", 2))},
+    ("baselines_convnet13_table3_3", "table3_3"): (["pi_model", "mean_teacher", "mixmatch"], ["cifar10", "cifar100"]),
+    # --smoke trains 100 labels in every cell (the smoke data are small)
+    **{("fixmatch_table2", data): (["fixmatch"], ["100"]) for data in ("cifar10", "svhn", "cifar100")},
 }
 
 
@@ -60,6 +67,7 @@ def data_dir(tmp_path_factory):
     write_svhn(root / "svhn", n_train=20_000, n_test=50, n_extra=10)
     write_stl10(root / "stl10" / "stl10_binary", n_train=1_000, n_test=50, n_unlabeled=40)
     write_cifar10(root / "cifar10" / "cifar-10-batches-py", n_train=6_000, n_test=50)
+    write_cifar100(root / "cifar100" / "cifar-100-python", n_train=1_000, n_test=50)
     return root
 
 
@@ -97,7 +105,8 @@ def test_paper_grids_have_the_papers_run_counts(registry, tmp_path):
     expected = {"svhn_table3": 240, "svhn_table2": 30, "mnist_table1": 30, "mnist_visit_weight": 40,
                 "svhn_visit_weight": 40, "stl10_lba": 5, "fashion_mnist_table3": 60, "digits_table3": 60,
                 "cclp_table1": 180, "cclp_steps": 600, "cclp_steps_fashion_mnist": 100, "cclp_steps_digits": 100,
-                "baselines_digits": 110}
+                "baselines_digits": 340, "baselines_cifar10_table3_1": 60, "baselines_svhn_table3_2": 60,
+                "baselines_convnet13_table3_3": 30, "fixmatch_table2": 45}
     for grid, n in expected.items():
         assert len(prepare(grid, registry, data_dir=tmp_path, data="skip").runs) == n, grid
 

@@ -17,6 +17,7 @@ from ssl_bench.grid import expand, load_grid
 from ssl_bench.method import Batch, TrainContext
 from ssl_bench.registry import load_registry
 from ssl_bench_plugins.datasets.digits import load_digits
+from ssl_bench_plugins.methods.entmin import mean_entropy
 from ssl_bench_plugins.methods.mixing import beta_sample, mix, mixup_weights
 from ssl_bench_plugins.methods.mixmatch import MixMatch, guess_labels, linear_rampup, sharpen
 from ssl_bench_plugins.methods.mixup import MixUpBaseline
@@ -130,6 +131,11 @@ def test_vat_terms_and_batchnorm_statistics_only_from_the_labeled_pass():
     again = VirtualAdversarialTraining(eps=1.0, xi=1e-3, entmin=True).loss_terms(Batch(x_l, y_l, x_u), model, ctx_for())
     assert again["vat"].item() == terms["vat"].item()
     assert set(method.loss_terms(Batch(x_l, y_l, None), model, ctx_for())) == {"classification"}
+    # entmin_weight scales the entropy term only (the MixMatch code's VAT baseline: 0.06)
+    scaled = VirtualAdversarialTraining(eps=1.0, xi=1e-3, entmin=True, entmin_weight=0.06).loss_terms(
+        Batch(x_l, y_l, x_u), model, ctx_for())
+    torch.testing.assert_close(scaled["entropy"], 0.06 * mean_entropy(model(x_u)))
+    assert scaled["vat"].item() == terms["vat"].item()
 
 
 def test_kl_with_logits():

@@ -276,6 +276,82 @@ def test_description_names_statistic_and_selection_rule(grid_runs):
     assert "TEST set" in note  # test-set selection is named as such
 
 
+# ------------------------------------------------------------------------------ select: tuning on validation
+SELECT_GRID = """
+name = "tune"
+[base]
+dataset = "digits"
+backbone = "lba_convnet"
+n_unlabeled = 100
+n_validation = 100
+[axes]
+method = ["supervised", "vat"]
+n_labeled = [20, 50]
+methods.vat.eps = [0.3, 1.0, 3.0]
+seed = [0, 1, 2]
+[[table]]
+name = "t"
+rows = "method"
+columns = "n_labeled"
+select = "val_error"
+"""
+
+
+def select_rows(runs, values) -> pd.DataFrame:
+    """values(method, n_labeled, eps, seed) -> (test_error, val_error) for every run."""
+    rows = []
+    for run in runs:
+        flat = run.flat()
+        test, val = values(flat["method"], flat["n_labeled"], flat.get("methods.vat.eps"), flat["seed"])
+        rows.append({"run_id": run.run_id, "status": "ok", "test_error": test, "val_error": val})
+    return pd.DataFrame(rows)
+
+
+def test_select_keeps_the_setting_with_the_best_median_validation_value(registry):
+    grid, runs = grid_of(SELECT_GRID, registry)
+    assert len(runs) == (1 + 3) * 2 * 3
+    # vat: eps 1.0 is best on validation at 20 labels, eps 3.0 at 50; the TEST error would have
+    # picked eps 0.3 (test 1.0) at both: the table must not look at it
+    val = {(20, 0.3): 30.0, (20, 1.0): 10.0, (20, 3.0): 20.0, (50, 0.3): 30.0, (50, 1.0): 20.0, (50, 3.0): 5.0}
+    test = {(20, 0.3): 1.0, (20, 1.0): 12.0, (20, 3.0): 15.0, (50, 0.3): 1.0, (50, 1.0): 9.0, (50, 3.0): 7.0}
+
+    def values(method, n, eps, seed):
+        if method == "supervised":
+            return 40.0 + seed, 50.0
+        return test[(n, eps)] + seed, val[(n, eps)] + (9.0 if seed == 2 else 0.0)  # an outlier seed: median ignores it
+
+    frame, note = table_frame(grid.tables[0], runs, select_rows(runs, values))
+    assert frame.loc["vat", "20"] == "13.00 (1.00)" and frame.loc["vat", "50"] == "8.00 (1.00)"
+    assert frame.loc["supervised", "20"] == "41.00 (1.00)"  # one candidate: nothing to choose
+    assert "best median val_error" in note
+    assert "vat @ 20: eps=1" in note and "vat @ 50: eps=3" in note and "supervised @" not in note
+
+
+def test_select_ties_go_to_the_first_setting_in_grid_order(registry):
+    grid, runs = grid_of(SELECT_GRID, registry)
+    frame, note = table_frame(grid.tables[0], runs, select_rows(
+        runs, lambda m, n, eps, seed: ((eps or 0) * 10, 5.0)))
+    assert frame.loc["vat", "20"] == "3.00 (0.00)" and "vat @ 20: eps=0.3" in note
+
+
+def test_select_for_higher_is_better_columns_and_cells_without_results(registry):
+    grid, runs = grid_of(SELECT_GRID.replace('select = "val_error"', 'select = "val_accuracy"'), registry)
+    spec = grid.tables[0]
+    some = [r for r in runs if not (r.config["method"] == "vat" and r.config["n_labeled"] == 50)]
+    rows = select_rows(some, lambda m, n, eps, seed: (eps or 0, 100.0 - 10 * (eps or 0)))
+    rows = rows.rename(columns={"val_error": "val_accuracy"})
+    frame, note = table_frame(spec, runs, rows)
+    assert frame.loc["vat", "20"] == "0.30 (0.00)" and "vat @ 20: eps=0.3" in note  # the highest accuracy
+    assert frame.loc["vat", "50"] == MISSING
+
+
+def test_select_names_an_unknown_column_before_training(tmp_path):
+    path = write_grid(tmp_path, SELECT_GRID.replace('select = "val_error"', 'select = "val_eror"'))
+    result = cli("run", "--grid", str(path), "--dry-run", "--out", str(tmp_path / "out"))
+    assert result.returncode != 0
+    assert "select 'val_eror' is not a result column" in result.stderr
+
+
 # ------------------------------------------------------------------------------ formats
 @pytest.fixture(scope="module")
 def rendered_inputs(grid_runs):

@@ -15,7 +15,8 @@ Each step, with a labeled batch (x_l, y_l) and an unlabeled batch x (N images of
 5. LDS(x, theta) = D[p, p(y | x + r_vadv, theta)], averaged over the batch    (eqs. (5), (7))
 6. minimise L = CE(x_l, y_l) + alpha * mean LDS                               (eq. (8))
    VAT+EntMin adds the conditional entropy of the unlabeled predictions,
-   H(Y | X) = -mean_x sum_y p(y | x) log p(y | x) (``entmin = true``), with weight 1.
+   H(Y | X) = -mean_x sum_y p(y | x) log p(y | x) (``entmin = true``), with weight 1 (the
+   paper's; ``entmin_weight``: the MixMatch code's VAT baseline uses 0.06).
 
 ||.||_2 is per sample, over all of C, H, W; the mean over the batch in D scales every sample's
 g alike, which the normalisation removes. r_vadv is a constant in step 5 (no gradient through
@@ -149,7 +150,9 @@ class VirtualAdversarialTraining(Method):
                                                 "/ 3.5 with translation); depends on the input normalisation")
     xi: float = hyperparameter(1e-6, gt=0, help="xi: finite-difference step of the power iteration (paper and code)")
     power_iterations: int = hyperparameter(1, ge=1, help="K: power iterations for r_vadv (paper and code: 1)")
-    entmin: bool = hyperparameter(False, help="VAT+EntMin: add the conditional entropy of p(y|x_u) with weight 1")
+    entmin: bool = hyperparameter(False, help="VAT+EntMin: add the conditional entropy of p(y|x_u)")
+    entmin_weight: float = hyperparameter(1.0, ge=0, since="0.2", help="weight of the entropy term when entmin = "
+                                          "true (paper: 1; the MixMatch code's VAT baseline: 0.06)")
 
     def loss_terms(self, batch, model, ctx):
         terms = {}
@@ -165,7 +168,7 @@ class VirtualAdversarialTraining(Method):
             logits_adversarial = model(x + r_vadv)
         terms["vat"] = self.weight * kl_with_logits(logits.detach(), logits_adversarial)
         if self.entmin:
-            terms["entropy"] = mean_entropy(logits)
+            terms["entropy"] = self.entmin_weight * mean_entropy(logits)
         return terms
 
 
