@@ -281,7 +281,7 @@ def test_preset_magnitudes_on_a_centred_dot(preset, max_shift):
     assert cx.std() > 0.3 and cy.std() > 0.3                      # and it does move
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.cuda
 @pytest.mark.parametrize("preset", [A.svhn_augment, A.stl10_augment])
 def test_presets_on_cuda_match_themselves_and_stay_on_device(preset):
     x = _images(32, 3, 96, 96).cuda()

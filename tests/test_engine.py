@@ -271,7 +271,7 @@ def test_the_host_reads_the_device_only_at_checks(registry, digits, monkeypatch)
     assert counts[0] == counts[1] <= 10, reads
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.cuda
 @pytest.mark.parametrize("options", [EngineOptions(bf16=True), EngineOptions(channels_last=True),
                                      EngineOptions(compile=True), EngineOptions(cuda_graphs=True)], ids=str)
 def test_cuda_options_match_the_plain_cuda_run(registry, digits, options):
@@ -283,7 +283,7 @@ def test_cuda_options_match_the_plain_cuda_run(registry, digits, options):
     assert_same_run(plain, outcome, rel=rel, error_points=points)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.cuda
 def test_packed_runs_match_solo_runs_on_cuda(registry, digits):
     cuda = torch.device("cuda")
     packed = train_pack(configs(registry), registry, digits, cuda)

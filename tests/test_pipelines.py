@@ -344,7 +344,7 @@ def test_matches_pil(c):
 
 # ---- CUDA ------------------------------------------------------------------------------------------
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 @pytest.mark.parametrize("name", NAMES)
 def test_cuda_deterministic_and_on_device(name):
     x = _images(64, device="cuda")

@@ -1,0 +1,68 @@
+"""The GPU evidence kit (benchmarks/gpu_evidence.py) in its CPU dry mode: every part runs and
+writes what it promises, a part that runs out of time is stopped and says so, a part with no
+time left is skipped, and a machine without CUDA gets one clear message."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_evidence.py"
+
+
+def evidence(*args: str, timeout: float = 600) -> tuple[subprocess.CompletedProcess, dict | None]:
+    result = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout)
+    out = Path(args[args.index("--out") + 1]) if "--out" in args else None
+    path = out / "evidence.json" if out else None
+    return result, json.loads(path.read_text()) if path and path.exists() else None
+
+
+def test_dry_mode_runs_every_part_and_writes_the_evidence(tmp_path):
+    out = tmp_path / "ev"
+    result, doc = evidence("--device", "cpu", "--tiny", "--out", str(out))
+    assert result.returncode == 0, result.stderr + "".join(p.read_text() for p in (out / "logs").glob("*.log"))
+    assert [p["name"] for p in doc["parts"]] == ["bench", "cuda_tests", "cclp_cost", "grid"]
+    assert all(p["status"] == "ok" for p in doc["parts"]), doc["parts"]
+    assert doc["device"] == "cpu" and doc["tiny"] is True and doc["budget_s"] == 510.0 and doc["total_s"] > 0
+    solo = json.loads((out / "bench" / "solo.json").read_text())
+    packed = json.loads((out / "bench" / "pack2.json").read_text())
+    assert [v["name"] for v in packed["variants"]] == ["engine", "packed x2"]
+    assert solo["projected_grid_hours"] > 0 and 0 < packed["variants"][1]["utilisation"] < 1
+    assert json.loads((out / "cclp_cost.json").read_text())
+    # the CUDA parity tests were collected and skipped here (no CUDA), not silently missing
+    log = (out / "logs" / "cuda_tests.log").read_text()
+    assert "skipped" in log and "needs a CUDA device" in log
+    assert len(list((out / "results" / "digits_table3" / "runs").glob("*.parquet"))) == 12
+    assert "[n=1]" in (out / "digits_table3.md").read_text()
+
+
+def test_a_part_out_of_time_is_stopped_and_one_without_time_is_skipped(tmp_path):
+    # 30 s budget: 15 s are kept back for the end, the cclp part may take 10% = 3 s (it needs ~10)
+    out = tmp_path / "cut"
+    result, doc = evidence("--device", "cpu", "--tiny", "--budget", "0.5", "--parts", "cclp_cost", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    (part,) = doc["parts"]
+    assert part["status"] == "timed_out" and part["commands"][0]["status"] == "timed_out"
+    assert 2.5 < part["wall_s"] < 9
+    assert "stopped after 3 s" in (out / "logs" / "cclp_cost.log").read_text()
+    # a budget smaller than the reserve: nothing runs, and the file says why
+    result, doc = evidence("--device", "cpu", "--tiny", "--budget", "0.2", "--parts", "bench",
+                           "--out", str(tmp_path / "none"))
+    assert doc["parts"] == [{"name": "bench", "commands": [], "status": "skipped", "wall_s": 0.0,
+                             "why": "the budget was spent before this part"}]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
+def test_cuda_without_a_device_is_one_clear_message(tmp_path):
+    result, doc = evidence("--out", str(tmp_path / "x"))
+    assert result.returncode == 2 and doc is None
+    assert "torch sees no CUDA device" in result.stderr and "--device cpu --tiny" in result.stderr
+
+
+def test_unknown_part_is_named(tmp_path):
+    result, _ = evidence("--device", "cpu", "--tiny", "--parts", "bench,warp_drive", "--out", str(tmp_path / "x"))
+    assert result.returncode == 2 and "unknown part(s) warp_drive" in result.stderr
