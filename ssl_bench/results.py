@@ -159,6 +159,51 @@ def _writer_alive(tmp: Path) -> bool:
     return True
 
 
+DAMAGED = ".damaged"
+
+
+def quarantine_damaged(out: Path, grid: str, warn=None) -> list[Path]:
+    """Move result files that are not readable parquet (a truncated copy, a disk error, zero
+    bytes) aside to ``runs/.damaged/`` or ``curves/.damaged/``, with one warning line each, so
+    that their runs count as not done (``run`` retrains them, ``table`` shows them missing).
+    A row whose curve is damaged goes aside with it (a row never lacks its curve). Returns the
+    new paths. Files are written by atomic renames, so a readable file is a whole one."""
+    import sys
+
+    warn = warn or (lambda msg: print(msg, file=sys.stderr))
+    moved: list[Path] = []
+
+    def move(path: Path, why: str) -> None:
+        target_dir = path.parent / DAMAGED
+        target_dir.mkdir(exist_ok=True)
+        target = target_dir / path.name
+        n = 1
+        while target.exists():  # keep every damaged copy: nothing is deleted
+            target, n = target_dir / f"{path.stem}.{n}{path.suffix}", n + 1
+        os.replace(path, target)
+        moved.append(target)
+        warn(f"warning: {path} is damaged ({why}); moved to {target}; its run counts as not done")
+
+    runs, curves = runs_dir(out, grid), curves_dir(out, grid)
+    damaged_curves = set()
+    for directory in (curves, runs):
+        if not directory.is_dir():
+            continue
+        for path in sorted(p for p in directory.glob("*.parquet") if not p.name.startswith(".")):
+            try:
+                table = pq.read_table(path)
+                if table.num_rows == 0 or (directory == runs and "status" not in table.column_names):
+                    raise ValueError("no row" if table.num_rows == 0 else "no status column")
+            except Exception as exc:  # pyarrow raises ArrowInvalid, OSError, ... for broken files
+                if directory == curves:
+                    damaged_curves.add(path.stem)
+                move(path, f"{type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}")
+                continue
+            if directory == runs and path.stem in damaged_curves:
+                move(path, "its curve file is damaged")
+    return moved
+
+
 def existing_status(out: Path, grid: str) -> dict[str, str]:
     """run_id -> status of the rows already on disk."""
     directory = runs_dir(out, grid)
@@ -172,8 +217,10 @@ def existing_status(out: Path, grid: str) -> dict[str, str]:
     return status
 
 
-def read_runs(out: Path, grid: str) -> pd.DataFrame:
-    """All rows of a grid's results, one per file (robust to files of older schemas)."""
+def read_runs(out: Path, grid: str, warn=None) -> pd.DataFrame:
+    """All rows of a grid's results, one per file (robust to files of older schemas); damaged
+    files are moved aside first (:func:`quarantine_damaged`)."""
+    quarantine_damaged(out, grid, warn)
     directory = runs_dir(out, grid)
     files = sorted(p for p in directory.glob("*.parquet") if not p.name.startswith(".")) if directory.is_dir() else []
     if not files:

@@ -62,11 +62,18 @@ def prepare(ref: str, registry: Registry, *, overrides: dict[str, Any] | None = 
     if not runs:
         raise UserError(f"grid {grid.name!r} expands to no runs (check [[exclude]])")
     schema = row_schema(runs, registry)
+    from .tables import canon
+
+    flats = [run.flat() for run in runs]
     for table in grid.tables:
-        for axis in (table.rows, table.columns, *table.where):
-            if not all(axis in run.flat() for run in runs):
+        # ``where`` first: a table over one method's knob may name a key only that method's runs have
+        chosen = [f for f in flats if all(canon(f.get(k)) == canon(v) for k, v in table.where.items())]
+        if not chosen:
+            raise UserError(f"grid {grid.name!r}: table {table.name!r}: no run matches where = {table.where}")
+        for axis in (table.rows, table.columns):
+            if not all(axis in flat for flat in chosen):
                 raise UserError(f"grid {grid.name!r}: table {table.name!r} refers to {axis!r}, which is not a "
-                                f"setting of every run")
+                                f"setting of every run it shows")
         check_table_metric(grid.name, table, schema)
     prepared = PreparedGrid(grid, runs, {}, schema)
     if data != "skip":
@@ -269,6 +276,7 @@ def run_grid(prepared: PreparedGrid, registry: Registry, *, out: Path, device: t
     log = log or (lambda msg: tqdm.write(msg, file=sys.stderr))
     options.validate(device)
     results.clean_stale_temporaries(out, grid.name)
+    results.quarantine_damaged(out, grid.name, log)
     schema = results.harmonise_schema(out, grid.name, prepared.schema)
     done = results.existing_status(out, grid.name)
     skip = {"ok", "diverged"} | (set() if retry_failed else {"failed"})

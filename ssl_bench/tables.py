@@ -24,6 +24,7 @@ from .protocol import METRICS
 
 FORMATS = ("markdown", "latex", "csv", "html")
 MISSING = "—"
+MISSING_RUNS = "missing"  # the key counting a table's runs that have no row
 
 
 def canon(value) -> str:
@@ -115,6 +116,7 @@ def cell_values(spec: TableSpec, runs: list[Run], rows: pd.DataFrame):
         settings[key] = flat
         found = candidates.setdefault((r, c), {}).setdefault(key, [])
         if by_id is None or run.run_id not in by_id.index:
+            excluded[MISSING_RUNS] = excluded.get(MISSING_RUNS, 0) + 1
             continue
         row = by_id.loc[run.run_id]
         if row["status"] != "ok":
@@ -177,8 +179,12 @@ def describe(spec: TableSpec, excluded: dict[str, int], choices: dict | None = N
         chosen = "; ".join(f"{r} @ {c}: " + ", ".join(f"{k.rsplit('.', 1)[-1]}={canon(v)}" for k, v in setting.items())
                            for (r, c), setting in choices.items() if setting)
         text += f": {chosen}." if chosen else "."
+    missing = excluded.get(MISSING_RUNS, 0)
+    excluded = {k: v for k, v in excluded.items() if k != MISSING_RUNS}
     if excluded:
         text += " Excluded: " + ", ".join(f"{n} {status}" for status, n in sorted(excluded.items())) + " run(s)."
+    if missing:
+        text += f" Missing: {missing} run(s) without a result (not run yet, or a damaged file moved aside)."
     return text
 
 

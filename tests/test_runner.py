@@ -527,3 +527,38 @@ def test_temporary_of_a_live_writer_is_kept(tmp_path):
     finally:
         live.kill()
         live.wait()
+
+
+# ---------------------------------------------------------------------------------- damaged files
+def test_damaged_result_files_are_moved_aside_and_retrained(tmp_path):
+    """Fault injection: a truncated row, a zero-byte row and a truncated curve (whose intact row
+    must go with it) in a finished grid. `table` warns, names each file and counts the runs
+    missing; `run` retrains exactly those three; nothing is deleted."""
+    grid = write_grid(tmp_path, FINISHED_GRID, "finished.toml")
+    out = tmp_path / "out"
+    assert cli("run", "--grid", str(grid), "--out", str(out), "--no-progress").returncode == 0
+    rows = run_files(out, "finished")
+    assert len(rows) == 4
+    truncated, empty, with_bad_curve = rows[0], rows[1], rows[2]
+    truncated.write_bytes(truncated.read_bytes()[:100])
+    empty.write_bytes(b"")
+    curve = curves_of(out, "finished") / with_bad_curve.name
+    curve.write_bytes(curve.read_bytes()[: len(curve.read_bytes()) // 2])
+
+    table = cli("table", "--grid", str(grid), "--out", str(out))
+    assert table.returncode == 0, table.stderr
+    warnings = [line for line in table.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 4 and all("moved to" in w and ".damaged" in w for w in warnings)
+    assert any(str(truncated) in w for w in warnings) and any(str(empty) in w for w in warnings)
+    assert any(str(with_bad_curve) in w and "its curve file is damaged" in w for w in warnings)
+    assert "Missing: 3 run(s) without a result" in table.stdout
+    damaged = sorted(p.name for p in out.rglob(".damaged/*.parquet"))
+    assert damaged == sorted([truncated.name, empty.name, with_bad_curve.name, curve.name])
+
+    again = cli("run", "--grid", str(grid), "--out", str(out), "--no-progress")
+    assert again.returncode == 0, again.stderr
+    assert "3 ok, 0 diverged, 0 failed, 1 already done" in again.stderr
+    rows = pd.read_parquet(runs_of(out, "finished"))
+    assert len(rows) == 4 and rows["run_id"].is_unique
+    assert_complete(rows, out, "finished")
+    assert len(list(out.rglob(".damaged/*.parquet"))) == 4  # the damaged copies are kept

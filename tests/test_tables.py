@@ -603,3 +603,36 @@ def test_cli_run_prints_the_table_of_its_real_results(tmp_path):
     expected = f"{np.median(errors):.3f} ({np.std(errors, ddof=1):.3f})"
     assert "**real_t**: Cells: median (std, ddof=1)" in proc.stdout
     assert re.search(rf"^\|\s*20\s*\|\s*{re.escape(expected)}\s*\|$", proc.stdout, re.M), proc.stdout
+
+
+# ------------------------------------------------------------------------------ where before the key check
+WHERE_GRID = """
+name = "w"
+[base]
+dataset = "digits"
+backbone = "lba_convnet"
+[axes]
+method = ["supervised", "lba"]
+methods.lba.visit_weight = [0.5, 1.0]
+[[table]]
+name = "knob"
+rows = "method"
+columns = "methods.lba.visit_weight"
+where = { method = "lba" }
+"""
+
+
+def test_where_selects_the_runs_before_their_keys_are_checked(tmp_path, registry):
+    from ssl_bench.runner import prepare
+
+    prepared = prepare(str(write_grid(tmp_path, WHERE_GRID)), registry, data_dir=tmp_path, data="skip")
+    assert len(prepared.runs) == 3  # supervised once, lba at two visit weights
+    frame = frame_of(prepared.grid.tables[0], prepared.runs, pd.DataFrame())
+    assert list(frame.index) == ["lba"] and list(frame.columns) == ["0.5", "1"]
+    # without the where, the supervised run has no visit weight: one clear message
+    with pytest.raises(UserError, match=r"refers to 'methods.lba.visit_weight', which is not a setting of every run"):
+        prepare(str(write_grid(tmp_path, WHERE_GRID.replace('where = { method = "lba" }\n', ""), "x.toml")),
+                registry, data_dir=tmp_path, data="skip")
+    with pytest.raises(UserError, match=r"table 'knob': no run matches where = \{'method': 'vat'\}"):
+        prepare(str(write_grid(tmp_path, WHERE_GRID.replace('method = "lba" }', 'method = "vat" }'), "y.toml")),
+                registry, data_dir=tmp_path, data="skip")
