@@ -21,6 +21,16 @@ def _parse_sets(pairs: list[str]) -> dict:
     return overrides
 
 
+def _grid_description(path) -> str:
+    """A grid file's ``description`` (its first line), for ``list grids``."""
+    import tomllib
+
+    try:
+        return str(tomllib.loads(Path(path).read_text()).get("description", "")).split("\n")[0] or "-"
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        return f"(unreadable: {type(exc).__name__})"
+
+
 def cmd_list(args) -> int:
     from .params import describe
     from .registry import KINDS, registry
@@ -34,7 +44,7 @@ def cmd_list(args) -> int:
             item = reg.items[kind][name]
             provider = reg.providers[kind][name].distribution
             if kind == "grids":
-                print(f"{name}\t{provider}\t{item.path}")
+                print(f"{name}\t{provider}\t{_grid_description(item.path)}\t{item.path}")
                 continue
             if isinstance(item, type):  # methods and tasks: their docstring's first line
                 doc = (item.__doc__ or "").strip().split("\n")[0]
@@ -74,7 +84,16 @@ def _print_tables(prepared, out: Path, fmt: str = "markdown", compare: bool = Fa
     from .results import read_runs
     from .tables import render
 
-    rows = read_runs(out, prepared.grid.name)
+    grid = prepared.grid.name
+    every = read_runs(out, grid)
+    rows = read_runs(out, grid, run_ids=[r.run_id for r in prepared.runs])
+    if len(rows) < len(prepared.runs):
+        others = len(every) - len(rows)
+        print(f"note: {len(rows)} of the {len(prepared.runs)} runs of grid {grid!r} have results in {out / grid}"
+              + (f"; {others} other row(s) there belong to other configurations of the grid (another --set or "
+                 f"--smoke, or an older version of the grid file)" if others else "")
+              + (f"; `ssl-bench run --grid {grid} --out {out}` (with the same --set options) trains them"
+                 if not len(rows) else ""), file=sys.stderr)
     tables = [t for t in prepared.grid.tables if only in (None, t.name)]
     if only and not tables:
         raise UserError(f"grid {prepared.grid.name!r} has no table {only!r}; its tables: "

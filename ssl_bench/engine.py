@@ -257,9 +257,29 @@ class Objective(nn.Module):
         if mode == "embed":
             return self.eval_net().embed(tensors["x"])
         terms = self.method.loss_terms(batch_from_tensors(tensors), self.model, self.ctx)
+        check_terms(self.method, terms)
         if self.l2_weight:
             terms["l2"] = self.l2_weight * l2_penalty(self.model)
         return terms
+
+
+def check_terms(method: Method, terms) -> None:
+    """A method's loss terms must be a dict of scalar float tensors (shapes are static, so this
+    costs nothing on the device and holds under vmap and torch.compile)."""
+    where = f"methods.{method.name}"
+    if not isinstance(terms, dict):
+        raise UserError(f"{where}.loss_terms returned {type(terms).__name__}; it must return a dict of "
+                        f"name -> scalar tensor")
+    for name, value in terms.items():
+        if not isinstance(value, torch.Tensor):
+            raise UserError(f"{where} returned term {name!r} as {type(value).__name__}; loss terms must be "
+                            f"scalar tensors (torch.as_tensor won't carry a gradient: compute it with torch)")
+        if value.dim() != 0:
+            raise UserError(f"{where} returned term {name!r} of shape {list(value.shape)}; loss terms must be "
+                            f"scalars (reduce it, e.g. .mean())")
+        if not value.is_floating_point():
+            raise UserError(f"{where} returned term {name!r} of dtype {value.dtype}; loss terms must be "
+                            f"floating-point scalars")
 
 
 def batch_tensors(batch: Batch) -> dict[str, torch.Tensor]:

@@ -181,6 +181,14 @@ def params_of_class(cls: type, stop: type) -> list[Param]:
                                 raw.since))
         else:
             params.append(Param(name, typ, raw, choices=choices))
+    for klass in cls.__mro__:  # a hyperparameter() without an annotation would be dropped silently
+        if klass is stop or not issubclass(klass, stop):
+            continue
+        for name, value in vars(klass).items():
+            if isinstance(value, _Declared) and name not in hints:
+                raise UserError(f"{cls.__name__}.{name} = hyperparameter(...) has no type annotation, so it would "
+                                f"not be a parameter; write it as `{name}: float = hyperparameter(...)` (or int, "
+                                f"bool, str, a Literal, list[int], ...)")
     return params
 
 

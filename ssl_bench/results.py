@@ -217,12 +217,16 @@ def existing_status(out: Path, grid: str) -> dict[str, str]:
     return status
 
 
-def read_runs(out: Path, grid: str, warn=None) -> pd.DataFrame:
-    """All rows of a grid's results, one per file (robust to files of older schemas); damaged
-    files are moved aside first (:func:`quarantine_damaged`)."""
+def read_runs(out: Path, grid: str, warn=None, run_ids=None) -> pd.DataFrame:
+    """All rows of a grid's results, one per file (robust to files of older schemas), or only
+    those of ``run_ids`` (e.g. the grid's current runs: ``[r.run_id for r in prepared.runs]``);
+    damaged files are moved aside first (:func:`quarantine_damaged`)."""
     quarantine_damaged(out, grid, warn)
     directory = runs_dir(out, grid)
     files = sorted(p for p in directory.glob("*.parquet") if not p.name.startswith(".")) if directory.is_dir() else []
+    if run_ids is not None:
+        wanted = set(run_ids)
+        files = [p for p in files if p.stem in wanted]
     if not files:
         return pd.DataFrame(columns=list(CORE_COLUMNS))
     return pd.concat([pq.read_table(p).to_pandas() for p in files], ignore_index=True)

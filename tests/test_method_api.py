@@ -141,3 +141,56 @@ def test_unlabeled_batches_are_skipped_for_supervised(registry):
     assert outcome.subsets is not None and len(outcome.subsets.unlabeled) == 50
     assert set(outcome.curves[0]) >= {"step", "lr", "loss", "loss_terms", "test_error"}
     assert set(outcome.curves[0]["loss_terms"]) == {"classification"}
+
+
+class BadTerms(Method):
+    """Returns whatever ``RETURN`` says as its loss terms."""
+
+    name = "bad_terms"
+    RETURN = staticmethod(lambda logits: {})
+
+    def loss_terms(self, batch, model, ctx):
+        logits = model(batch.x_labeled)
+        return BadTerms.RETURN(F.cross_entropy(logits, batch.y_labeled, reduction="none"))
+
+
+@pytest.mark.parametrize("returned, message", [
+    (lambda ce: {"ce": ce}, r"methods\.bad_terms returned term 'ce' of shape \[20\]; loss terms must be scalars"),
+    (lambda ce: {"ce": ce.mean().item()}, r"methods\.bad_terms returned term 'ce' as float; loss terms must be scalar"),
+    (lambda ce: {"n": (ce > 0).sum()}, r"returned term 'n' of dtype torch\.int64; loss terms must be floating-point"),
+    (lambda ce: [ce.mean()], r"methods\.bad_terms\.loss_terms returned list; it must return a dict"),
+])
+def test_loss_terms_that_are_not_scalar_tensors_fail_at_the_first_step(returned, message):
+    class Plugin:
+        @staticmethod
+        @hookimpl
+        def ssl_bench_methods():
+            return [BadTerms]
+
+    BadTerms.RETURN = staticmethod(returned)
+    reg = load_registry(extra_plugins=[("test-bad-terms", Plugin())])
+    config = resolved(reg, GRID.replace('"scheduled"', '"bad_terms"').replace("n_unlabeled = 50", "n_unlabeled = 0"))
+    outcome = train_run(config, reg, load_digits(None), torch.device("cpu"))
+    assert outcome.status == "failed" and outcome.steps_done == 0
+    assert __import__("re").search(message, outcome.error), outcome.error
+
+
+def test_a_hyperparameter_without_annotation_is_a_broken_plugin_naming_the_attribute():
+    class Unannotated(Method):
+        name = "unannotated"
+        weight = hyperparameter(1.0, ge=0)
+
+        def loss_terms(self, batch, model, ctx):
+            return {}
+
+    class Plugin:
+        @staticmethod
+        @hookimpl
+        def ssl_bench_methods():
+            return [Unannotated]
+
+    reg = load_registry(extra_plugins=[("test-unannotated", Plugin())])
+    assert "unannotated" not in reg.names("methods")
+    with pytest.raises(UserError, match=r"Unannotated\.weight = hyperparameter\(\.\.\.\) has no type annotation.*"
+                                        r"`weight: float = hyperparameter\(\.\.\.\)`"):
+        reg.method("unannotated")

@@ -82,8 +82,9 @@ def test_example_plugin_is_listed_with_its_distribution(pseudolabel_installed):
     assert grids.returncode == 0, grids.stderr
     by_name = {fields[0]: fields for fields in lines_of(grids.stdout)}
     assert by_name["pseudolabel_digits"][1] == PLUGIN_DIST
-    assert by_name["pseudolabel_digits"][2].endswith("pseudolabel_digits.toml")
-    assert by_name["digits_table3"][1] == "ssl-bench"
+    assert by_name["pseudolabel_digits"][2].startswith("supervised vs Pseudo-Label vs LbA on digits")
+    assert by_name["pseudolabel_digits"][3].endswith("pseudolabel_digits.toml")
+    assert by_name["digits_table3"][1] == "ssl-bench" and by_name["digits_table3"][2] != "-"
 
 
 def test_example_plugin_in_the_registry(pseudolabel_installed):

@@ -562,3 +562,22 @@ def test_damaged_result_files_are_moved_aside_and_retrained(tmp_path):
     assert len(rows) == 4 and rows["run_id"].is_unique
     assert_complete(rows, out, "finished")
     assert len(list(out.rglob(".damaged/*.parquet"))) == 4  # the damaged copies are kept
+
+
+def test_table_says_when_the_grid_has_no_results_for_its_current_runs(finished, tmp_path):
+    grid, out, _ = finished
+    # another configuration of the grid (--set): the 4 rows on disk are not its runs
+    other = cli("table", "--grid", str(grid), "--out", str(out), "--set", "seed=7")
+    assert other.returncode == 0, other.stderr
+    assert ("note: 0 of the 4 runs of grid 'finished' have results" in other.stderr
+            and "4 other row(s) there belong to other configurations" in other.stderr
+            and f"`ssl-bench run --grid finished --out {out}` (with the same --set options) trains them" in other.stderr)
+    # nothing run yet at all
+    empty = cli("table", "--grid", str(grid), "--out", str(tmp_path / "empty"))
+    assert "note: 0 of the 4 runs of grid 'finished' have results" in empty.stderr and "other row" not in empty.stderr
+    # complete: no note; read_runs can keep to the current runs
+    complete = cli("table", "--grid", str(grid), "--out", str(out))
+    assert "note:" not in complete.stderr
+    from ssl_bench.results import read_runs
+    some = sorted(p.stem for p in run_files(out, "finished"))[:2]
+    assert sorted(read_runs(out, "finished", run_ids=some)["run_id"]) == some
