@@ -119,9 +119,10 @@ def cmd_run(args) -> int:
     out = Path(args.out)
     counts = run_grid(prepared, reg, out=out, device=device, retry_failed=args.retry_failed,
                       show_progress=False if args.no_progress else None, save_models=args.save_models,
-                      options=options, pack=pack, executor=executor)
+                      options=options, pack=pack, executor=executor, lease_timeout=args.lease_timeout)
+    elsewhere = f", {counts['elsewhere']} left to other processes" if counts.get("elsewhere") else ""
     print(f"{prepared.grid.name}: {counts['ok']} ok, {counts['diverged']} diverged, {counts['failed']} failed, "
-          f"{counts['skipped']} already done; results in {out / prepared.grid.name}", file=sys.stderr)
+          f"{counts['skipped']} already done{elsewhere}; results in {out / prepared.grid.name}", file=sys.stderr)
     _print_tables(prepared, out)
     return 1 if counts["failed"] else 0
 
@@ -305,6 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--devices", help="comma-separated devices, one worker process each (e.g. cuda:0,cuda:1)")
     e.add_argument("--executor", default="local", choices=["local", "ray"], help="local processes or a Ray cluster")
     e.add_argument("--address", help="Ray cluster address (default: start a local Ray instance)")
+    e.add_argument("--lease-timeout", type=float, default=300.0,
+                   help="seconds of silence after which another process's claim on a run expires (several "
+                        "`ssl-bench run` on one --out split the grid; a dead process on this host expires at once)")
     e.add_argument("--gpus-per-task", type=float, default=1.0,
                    help="GPUs a Ray task asks for with --device cuda (fractions share a GPU); default 1")
     p.set_defaults(func=cmd_run)

@@ -191,9 +191,9 @@ def quarantine_damaged(out: Path, grid: str, warn=None) -> list[Path]:
             continue
         for path in sorted(p for p in directory.glob("*.parquet") if not p.name.startswith(".")):
             try:
-                table = pq.read_table(path)
-                if table.num_rows == 0 or (directory == runs and "status" not in table.column_names):
-                    raise ValueError("no row" if table.num_rows == 0 else "no status column")
+                table = pq.read_table(path)  # (a curve may be empty: a run that failed before evaluating)
+                if directory == runs and (table.num_rows != 1 or "status" not in table.column_names):
+                    raise ValueError(f"{table.num_rows} rows" if table.num_rows != 1 else "no status column")
             except Exception as exc:  # pyarrow raises ArrowInvalid, OSError, ... for broken files
                 if directory == curves:
                     damaged_curves.add(path.stem)
@@ -202,6 +202,15 @@ def quarantine_damaged(out: Path, grid: str, warn=None) -> list[Path]:
             if directory == runs and path.stem in damaged_curves:
                 move(path, "its curve file is damaged")
     return moved
+
+
+def status_of(out: Path, grid: str, run_id: str) -> str | None:
+    """The status of one run's row, or None when it has none (or an unreadable one)."""
+    path = runs_dir(out, grid) / f"{run_id}.parquet"
+    try:
+        return pq.read_table(path, columns=["status"]).column(0)[0].as_py()
+    except (OSError, pa.ArrowInvalid, IndexError):
+        return None
 
 
 def existing_status(out: Path, grid: str) -> dict[str, str]:

@@ -26,6 +26,7 @@ from .engine import EngineOptions, build_method, build_model, pack_key, packable
 from .executors import InProcess, Unit
 from .errors import UserError
 from .grid import Grid, Run, expand, load_grid, plugin_args
+from .leases import DEFAULT_TIMEOUT_S, Leases
 from .metric import summary_columns
 from .params import Count, id_value
 from .protocol import PLUGIN_KEYS, PROTOCOL_PARAMS, SUBTABLES
@@ -265,23 +266,29 @@ def auto_pack_size(prepared: PreparedGrid, registry: Registry, device: torch.dev
 def run_grid(prepared: PreparedGrid, registry: Registry, *, out: Path, device: torch.device,
              retry_failed: bool = False, log: Callable[[str], None] | None = None,
              show_progress: bool | None = None, save_models: bool = False,
-             options: EngineOptions = EngineOptions(), pack: int | str = 1, executor=None) -> dict[str, int]:
+             options: EngineOptions = EngineOptions(), pack: int | str = 1, executor=None,
+             lease_timeout: float = DEFAULT_TIMEOUT_S) -> dict[str, int]:
     """Train every run not yet finished in ``out``; returns counts by outcome. With
     ``save_models`` the final network of each finished run is kept in ``out/GRID/models/``.
     ``pack``: runs per pack (1: each alone; "auto": see :func:`auto_pack_size`); ``executor``:
-    where units train (default: in this process on ``device``; see ssl_bench.executors)."""
+    where units train (default: in this process on ``device``; see ssl_bench.executors).
+    Each run is claimed (``ssl_bench.leases``) just before it trains, so several processes on
+    one ``out`` split the grid; ``counts["elsewhere"]`` are the runs other processes held or
+    finished meanwhile."""
     from tqdm import tqdm
 
     grid = prepared.grid
     log = log or (lambda msg: tqdm.write(msg, file=sys.stderr))
     options.validate(device)
+    if not lease_timeout > 0:
+        raise UserError(f"--lease-timeout must be a positive number of seconds, got {lease_timeout}")
     results.clean_stale_temporaries(out, grid.name)
     results.quarantine_damaged(out, grid.name, log)
     schema = results.harmonise_schema(out, grid.name, prepared.schema)
     done = results.existing_status(out, grid.name)
     skip = {"ok", "diverged"} | (set() if retry_failed else {"failed"})
     todo = [run for run in prepared.runs if done.get(run.run_id) not in skip]
-    counts = {"skipped": len(prepared.runs) - len(todo), "ok": 0, "diverged": 0, "failed": 0}
+    counts = {"skipped": len(prepared.runs) - len(todo), "ok": 0, "diverged": 0, "failed": 0, "elsewhere": 0}
     if counts["skipped"]:
         log(f"{grid.name}: {counts['skipped']} of {len(prepared.runs)} runs already finished in {out / grid.name}")
     if not todo:
@@ -307,8 +314,41 @@ def run_grid(prepared: PreparedGrid, registry: Registry, *, out: Path, device: t
                 bar.set_postfix(loss=f"{loss:.3f}", err=f"{err:.2f}", refresh=False)
         return on_step
 
+    leases = Leases(results.runs_dir(out, grid.name) / ".leases", lease_timeout, log)
+
+    def claimed(units):
+        """Each unit's runs that this process claims now and that nobody finished meanwhile
+        (a unit is claimed when the executor takes it: in turn in this process, at submission
+        for worker pools and Ray)."""
+        for unit in units:
+            mine = []
+            for i, run_id in enumerate(unit.run_ids):
+                if not leases.claim(run_id):
+                    holder = leases.holder(run_id) or {}
+                    log(f"{run_id}: held by pid {holder.get('pid', '?')} on {holder.get('host', '?')}; left to it")
+                    counts["elsewhere"] += 1
+                elif results.status_of(out, grid.name, run_id) in skip:  # finished by another process
+                    leases.release(run_id)
+                    counts["elsewhere"] += 1
+                else:
+                    mine.append(i)
+            if mine:
+                yield Unit([unit.run_ids[i] for i in mine], [unit.configs[i] for i in mine], unit.data_key)
+
     executor = executor or InProcess(device)
     begun = time.perf_counter()
+    try:
+        _train_units(executor, claimed(units), prepared, options, save_models, registry, on_step_for, log, bars,
+                     by_id, out, schema, counts, outer, todo, keys, begun, leases)
+    finally:
+        leases.release_all()
+    outer.close()
+    return counts
+
+
+def _train_units(executor, units, prepared, options, save_models, registry, on_step_for, log, bars, by_id, out,
+                 schema, counts, outer, todo, keys, begun, leases) -> None:
+    grid = prepared.grid
     finished_runs = 0
     for finished in executor.run(units, prepared.datasets, options=options, keep_models=save_models,
                                  registry=registry, on_step_for=on_step_for, log=log):
@@ -322,6 +362,7 @@ def run_grid(prepared: PreparedGrid, registry: Registry, *, out: Path, device: t
                                  results.curves_dir(out, grid.name) / f"{run_id}.parquet")
             row = make_row(run, grid.name, outcome, finished.device, options)
             results.write_atomic(results.row_table(row, schema), results.runs_dir(out, grid.name) / f"{run_id}.parquet")
+            leases.release(run_id)  # after the row: a run is never trained twice
             counts[outcome.status] += 1
             finished_runs += 1
             outer.update(1)
@@ -332,5 +373,3 @@ def run_grid(prepared: PreparedGrid, registry: Registry, *, out: Path, device: t
             packed = f", pack of {outcome.pack_size}" if outcome.pack_size > 1 else ""
             log(f"[{finished_runs}/{len(todo)}] {run_id} {describe_run(run, keys)}: {outcome.status} {detail} "
                 f"({outcome.wall_s:.1f}s{packed}, ETA {eta:.0f}s)")
-    outer.close()
-    return counts
