@@ -117,6 +117,10 @@ def cmd_run(args) -> int:
         print(f"{len(prepared.runs)} runs in grid {prepared.grid.name}")
         return 0
     out = Path(args.out)
+    if args.debug:
+        from . import engine
+
+        engine.RAISE_RUN_ERRORS = True
     counts = run_grid(prepared, reg, out=out, device=device, retry_failed=args.retry_failed,
                       show_progress=False if args.no_progress else None, save_models=args.save_models,
                       options=options, pack=pack, executor=executor, lease_timeout=args.lease_timeout)
@@ -238,6 +242,15 @@ def cmd_show(args) -> int:
     if len({m.stem for m in matches}) > 1:
         raise UserError(f"run id prefix {args.run_id!r} is ambiguous: {', '.join(sorted({m.stem for m in matches}))}")
     path = matches[0]
+    if args.traceback:
+        grid_dir = path.parent.parent
+        trace = grid_dir / "tracebacks" / f"{path.stem}.txt"
+        if not trace.exists():
+            status = pd.read_parquet(path, columns=["status"])["status"].iloc[0]
+            raise UserError(f"run {path.stem} ({status}) has no traceback"
+                            + ("" if status == "failed" else ": only failed runs have one"))
+        print(trace.read_text(), end="")
+        return 0
     row = pd.read_parquet(path).iloc[0]
     with pd.option_context("display.max_rows", None, "display.max_colwidth", 120):
         print(row.drop(labels=["config"]).to_string())
@@ -296,6 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--dry-run", action="store_true", help="print the expanded runs and exit")
     p.add_argument("--retry-failed", action="store_true", help="rerun runs recorded as failed")
+    p.add_argument("--debug", action="store_true", help="a failing run stops the grid with its traceback instead "
+                                                        "of being recorded as failed (in-process runs)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (one line per finished run)")
     p.add_argument("--save-models", action="store_true", help="keep each run's final network in OUT/GRID/models/")
     e = p.add_argument_group("execution (how runs train; never changes a run id, recorded in column engine)")
@@ -357,6 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("show", help="print one run's row and evaluation curve")
     p.add_argument("run_id", help="a run id or a unique prefix of one")
     p.add_argument("--out", default="results")
+    p.add_argument("--traceback", action="store_true", help="print a failed run's full traceback instead")
     p.set_defaults(func=cmd_show)
 
     p = sub.add_parser("data", help="data-set files")

@@ -50,6 +50,7 @@ import dataclasses
 import functools
 import math
 import time
+import traceback
 from typing import Callable, Sequence
 
 import numpy as np
@@ -116,6 +117,12 @@ class RunOutcome:
     pack_size: int = 1  # runs trained together with this one (1: alone)
     started: object = None  # UTC datetimes, stamped by the executor
     finished: object = None
+    traceback: str | None = None  # a failed run's full traceback (the row keeps ``error``, its last line)
+
+
+#: ``ssl-bench run --debug``: a failing run raises (with its traceback) instead of being recorded
+#: as failed while the grid goes on; in-process only (worker pools and Ray record it as usual)
+RAISE_RUN_ERRORS = False
 
 
 # --------------------------------------------------------------------------- building blocks
@@ -465,6 +472,7 @@ class _RunState:
     curves: list[dict] = dataclasses.field(default_factory=list)
     status: str = "running"
     error: str | None = None
+    traceback: str | None = None
     steps_done: int = 0
     model: nn.Module | None = None
 
@@ -765,10 +773,11 @@ def _train(configs: list[dict], registry, data: dict[str, ImageDataset], device:
                 on_step(step + 1, pack.shown_loss, pack.shown_error)
         pack.finish()
     except Exception as exc:  # a failing run is recorded; the grid goes on
-        if packed:
+        if packed or RAISE_RUN_ERRORS:
             raise
         run = pack.runs[0]
         run.status, run.error, run.steps_done = "failed", f"{type(exc).__name__}: {exc}", pack.step
+        run.traceback = traceback.format_exc()
     wall = time.perf_counter() - started
     outcomes = []
     for run in pack.runs:
@@ -779,5 +788,5 @@ def _train(configs: list[dict], registry, data: dict[str, ImageDataset], device:
                     metrics[key] = float("nan")  # the final model is not a result
         outcomes.append(RunOutcome(run.status, run.error, metrics, run.curves,
                                    run.plan.subsets if run.plan is not None else None, run.steps_done, wall,
-                                   run.model, pack_size=len(pack.runs)))
+                                   run.model, pack_size=len(pack.runs), traceback=run.traceback))
     return outcomes

@@ -129,6 +129,19 @@ def harmonise_schema(out: Path, grid: str, schema: pa.Schema) -> pa.Schema:
     return merged
 
 
+def tracebacks_dir(out: Path, grid: str) -> Path:
+    return out / grid / "tracebacks"
+
+
+def write_traceback(out: Path, grid: str, run_id: str, text: str) -> None:
+    """A failed run's traceback, ``GRID/tracebacks/RUN_ID.txt`` (``ssl-bench show RUN --traceback``)."""
+    directory = tracebacks_dir(out, grid)
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / f".{run_id}.{os.getpid()}.tmp"
+    tmp.write_text(text)
+    os.replace(tmp, directory / f"{run_id}.txt")
+
+
 def clean_stale_temporaries(out: Path, grid: str) -> int:
     """Remove temporary files left by a killed process (they were never renamed into place).
     A temporary of a process that is still alive (another runner on the same grid) is kept."""

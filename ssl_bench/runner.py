@@ -358,6 +358,10 @@ def _train_units(executor, units, prepared, options, save_models, registry, on_s
             run = by_id[run_id]
             if save_models and outcome.model is not None:
                 results.save_model_atomic(outcome.model.state_dict(), results.models_dir(out, grid.name) / f"{run_id}.pt")
+            if outcome.traceback:
+                results.write_traceback(out, grid.name, run_id, outcome.traceback)
+            else:  # a retried run that now succeeds keeps no traceback of its failure
+                (results.tracebacks_dir(out, grid.name) / f"{run_id}.txt").unlink(missing_ok=True)
             results.write_atomic(results.curves_table(run_id, outcome.curves),
                                  results.curves_dir(out, grid.name) / f"{run_id}.parquet")
             row = make_row(run, grid.name, outcome, finished.device, options)

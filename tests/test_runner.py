@@ -458,6 +458,19 @@ def test_failed_run_is_recorded_and_retried_alone(tmp_path, plugin_path, monkeyp
     assert set(rows.loc[rows.index != failed_id, "status"]) == {"ok"}
     assert rows.loc[failed_id, "finished_at"] <= rows.loc[rows.index != failed_id, "started_at"].min()
 
+    # the row keeps the last line; the traceback is one command away
+    shown = cli("show", failed_id, "--out", str(out), "--traceback")
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.startswith("Traceback (most recent call last)") and "runner_test_boom_plugin" in shown.stdout
+    assert shown.stdout.rstrip().endswith("RuntimeError: boom at step 2")
+    ok_id = rows.index[rows["status"] == "ok"][0]
+    no_trace = cli("show", ok_id, "--out", str(out), "--traceback")
+    assert no_trace.returncode == 2 and "has no traceback: only failed runs have one" in no_trace.stderr
+    # --debug: the failing run stops the command with its traceback, and no row is written for it
+    debug = cli("run", "--grid", str(grid), "--out", str(out), "--no-progress", "--retry-failed", "--debug")
+    assert debug.returncode == 1 and "Traceback" in debug.stderr and "RuntimeError: boom at step 2" in debug.stderr
+    assert pd.read_parquet(runs_of(out, "boom")).set_index("run_id").loc[failed_id, "status"] == "failed"
+
     # without --retry-failed a failed run counts as finished
     again = cli("run", "--grid", str(grid), "--out", str(out), "--no-progress")
     assert "3 of 3 runs already finished" in again.stderr
@@ -477,6 +490,7 @@ def test_failed_run_is_recorded_and_retried_alone(tmp_path, plugin_path, monkeyp
     final = final.set_index("run_id")
     assert final.loc[failed_id, "status"] == "ok"
     assert pd.isna(final.loc[failed_id, "error"])
+    assert not (out / "boom" / "tracebacks" / f"{failed_id}.txt").exists()
     assert final.loc[failed_id, "finished_at"] > rows.loc[failed_id, "finished_at"]
     for run_id, digest in digests.items():
         assert final.loc[run_id, "finished_at"] == rows.loc[run_id, "finished_at"]
