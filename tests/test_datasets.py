@@ -288,6 +288,21 @@ def test_svhn_loads_mat_files(tmp_path):
     assert ds.augment is svhn.augment
 
 
+def test_svhn_per_image_standardisation_is_the_authors_by_hand(tmp_path):
+    write_svhn(tmp_path / "svhn")
+    ds = svhn.load_svhn(tmp_path, normalisation="per_image")
+    assert ds.mean == (0.0, 0.0, 0.0) and ds.std == (1.0, 1.0, 1.0)
+    from ssl_bench.data import Domain
+
+    x = Domain(ds, torch.device("cpu")).normalise(ds.train_x[:2])
+    raw = ds.train_x[:2].double()  # 0-255: minus each image-channel's mean, over its variance + 1e-5
+    centred = raw - raw.mean(dim=(2, 3), keepdim=True)
+    expected = centred / (centred.square().mean(dim=(2, 3), keepdim=True) + 1e-5)
+    torch.testing.assert_close(x.double(), expected, rtol=1e-4, atol=1e-6)
+    with pytest.raises(UserError, match=r"datasets\.svhn\.normalisation must be"):
+        svhn.load_svhn(tmp_path, normalisation="zca")
+
+
 def test_svhn_extra_is_appended_to_the_training_set(tmp_path):
     sets = write_svhn(tmp_path / "svhn")
     ds = svhn.load_svhn(tmp_path, extra=True)

@@ -127,6 +127,13 @@ def test_correct_walk_probability_extremes():
 
 
 # --------------------------------------------------------------------------- walker target
+def test_walker_target_is_built_in_the_embeddings_dtype():
+    labels = torch.tensor([0, 0, 0, 1])
+    exact = walker_target(labels, torch.float64)
+    assert exact.dtype == torch.float64 and exact[0, 1].item() == 1 / 3  # exactly the float64 third
+    assert walker_target(labels).to(torch.float64)[0, 1].item() != 1 / 3  # the float32 one is not
+
+
 def test_walker_target_two_classes():
     target = walker_target(torch.tensor([0, 0, 1]))
     assert target.dtype == torch.float32

@@ -11,7 +11,8 @@ are in 1..10.
 Parameters: ``extra`` (default false) appends the extra images to the training set (604,388
 images, 1.9 GB in memory); the LbA paper's SVHN results use the training set only. The
 per-channel mean/std (0-1 scale, population std) are computed from the training images actually
-used, so they differ with ``extra``.
+used, so they differ with ``extra``. ``normalisation = "per_image"`` instead standardises each
+image on its own as the LbA authors' code does (``per_image_standardise``).
 
 Where the files are looked for: ``DATA_DIR/svhn/`` (see ``files.py``). ``ssl-bench data download
 svhn`` fetches all three files (train 182 MB, test 64 MB, extra 1.3 GB) from the official site,
@@ -25,6 +26,7 @@ parameters are documented there), imported when first called so that loading nev
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -77,7 +79,19 @@ def _to_nchw(x: np.ndarray, out: np.ndarray) -> None:
     np.copyto(out, x.transpose(3, 2, 0, 1))
 
 
-def load_svhn(data_dir, extra: bool = False) -> ImageDataset:
+def per_image_standardise(x: torch.Tensor) -> torch.Tensor:
+    """The LbA authors' input normalisation for SVHN (``svhn_model`` in semisup/architectures.py
+    of github.com/haeusser/learning_by_association): per image and channel, subtract the spatial
+    mean and divide by the spatial mean squared deviation + 1e-5 (the code's "std" is the
+    variance), on the 0-255 scale of the uint8 inputs (assumed: the code feeds the decoded uint8
+    images cast to float)."""
+    x = x * 255.0
+    mean = x.mean(dim=(2, 3), keepdim=True)
+    variance = (x - mean).square().mean(dim=(2, 3), keepdim=True)
+    return (x - mean) / (variance + 1e-5)
+
+
+def load_svhn(data_dir, extra: bool = False, normalisation: Literal["dataset", "per_image"] = "dataset") -> ImageDataset:
     dirs = files.search_dirs(NAME, data_dir)
     needed = ["train_32x32.mat", "test_32x32.mat"] + (["extra_32x32.mat"] if extra else [])
     paths = files.find_files(NAME, dirs, needed, files.how_to_get(NAME, data_dir, f"or copy them there from {URL}"))
@@ -100,12 +114,17 @@ def load_svhn(data_dir, extra: bool = False) -> ImageDataset:
         raise UserError(f"{NAME}: test images are {sx.shape[:3]}, training images {(h, w, 3)}")
     test_x = np.empty((len(test_y), 3, h, w), dtype=np.uint8)
     _to_nchw(sx, test_x)
-    mean, std = files.channel_stats(train_x)
+    if normalisation not in ("dataset", "per_image"):
+        raise UserError(f"datasets.{NAME}.normalisation must be \"dataset\" or \"per_image\", got {normalisation!r}")
+    if normalisation == "per_image":  # the transform does it all; no data-set statistics after it
+        mean, std, transform = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), per_image_standardise
+    else:
+        (mean, std), transform = files.channel_stats(train_x), None
     return ImageDataset(
         name=NAME,
         train_x=torch.from_numpy(train_x), train_y=torch.from_numpy(train_y),
         test_x=torch.from_numpy(test_x), test_y=torch.from_numpy(test_y),
-        num_classes=10, mean=mean, std=std, augment=augment,
+        num_classes=10, mean=mean, std=std, augment=augment, transform=transform,
         pipelines={"weak": weak_without_flip},  # a mirrored digit is another symbol
         description=f"SVHN cropped digits (format 2), {len(train_y)} train{' (with extra)' if extra else ''} / "
                     f"{len(test_y)} test, 3x{h}x{w}, from {paths[0].parent}",

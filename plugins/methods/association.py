@@ -33,9 +33,10 @@ class Association:
         return (self.p_aba * same).sum(1).mean()
 
 
-def walker_target(labels_a: torch.Tensor) -> torch.Tensor:
-    """T of eq. (4): uniform over the labeled samples of the start sample's class."""
-    same = (labels_a[:, None] == labels_a[None, :]).to(torch.float32)
+def walker_target(labels_a: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """T of eq. (4): uniform over the labeled samples of the start sample's class, built in
+    ``dtype`` (the embeddings': a float32 target cast to float64 would be off by ~1e-8)."""
+    same = (labels_a[:, None] == labels_a[None, :]).to(dtype)
     return same / same.sum(1, keepdim=True)
 
 
@@ -46,7 +47,7 @@ def associate(a: torch.Tensor, b: torch.Tensor, labels_a: torch.Tensor, eps: flo
     p_ab = torch.softmax(match, dim=1)
     p_ba = torch.softmax(match.T, dim=1)
     p_aba = p_ab @ p_ba
-    target = walker_target(labels_a).to(p_aba.dtype)
+    target = walker_target(labels_a, p_aba.dtype)
     walker = -(target * torch.log(eps + p_aba)).sum(1).mean()
     p_visit = p_ab.mean(0, keepdim=True)
     visit = -(torch.log(eps + p_visit)).mean()  # V_j = 1/|B|: H(V, P^visit) = -mean_j log P^visit_j

@@ -11,6 +11,11 @@ Each step, with a class-balanced labeled batch (x_A, y_A) and a uniform unlabele
 6. minimise L = walker_weight * L_walker + visit_weight * L_visit + L_classification
 
 With no unlabeled data (the "0" column of Table 3) only L_classification is active.
+
+Step 1 is two forward passes, as the authors' code: with a batch-norm backbone each pass
+normalises by its own batch's statistics and updates the running averages, so they move twice
+per step (once towards the labeled batch, once towards the unlabeled one). The LbA networks
+have no batch norm; with others (``timm:``, ``wrn28_2``) this is a choice worth knowing.
 """
 from __future__ import annotations
 
