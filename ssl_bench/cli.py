@@ -61,6 +61,10 @@ def cmd_list(args) -> int:
                     keys = ", ".join(f"{k} (required)" if k in item.required else k for k in item.keys)
                     print(f"    metrics: {', '.join(item.metrics)}; uses labels: {str(item.uses_labels).lower()}"
                           + (f"; keys: {keys}" if keys else ""))
+    for kind, names in reg.conflicts.items():
+        if args.kind in (None, kind):
+            for name in names:
+                print(f"CONFLICT\t{kind}\t{reg.conflict_message(kind, name)}")
     for broken in reg.broken:
         print(f"BROKEN\t{broken.provider.distribution}\t{broken.provider.entry_point} -> "
               f"{broken.provider.module}: {broken.error}")

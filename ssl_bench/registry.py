@@ -102,6 +102,14 @@ class Registry:
     items: dict[str, dict[str, Any]]
     providers: dict[str, dict[str, Provider]]
     broken: list[BrokenPlugin]
+    #: kind -> name -> the providers of a name provided more than once (usable by none of them)
+    conflicts: dict[str, dict[str, list[Provider]]] = dataclasses.field(default_factory=dict)
+
+    def conflict_message(self, kind: str, name: str) -> str:
+        label = KINDS[kind].label
+        first, *others = self.conflicts[kind][name]
+        return (f"{label} name {name!r} is provided twice: by {first} and by {', '.join(map(str, others))}. "
+                f"Uninstall one of these distributions or rename the {label} in one of them.")
 
     # ------------------------------------------------------------------ lookup
     def names(self, kind: str) -> list[str]:
@@ -117,6 +125,8 @@ class Registry:
         (``resnet18``, ``4``)."""
         if name in self.items[kind]:
             return self.items[kind][name], None
+        if name in self.conflicts.get(kind, {}):
+            raise UserError(self.conflict_message(kind, name))
         for family, item in self.items[kind].items():
             prefix = family[:-1]
             if family.endswith("*") and name.startswith(prefix) and len(name) > len(prefix):
@@ -193,6 +203,7 @@ def load_registry(extra_plugins: Iterable[tuple[str, Any]] = ()) -> Registry:
 
     items: dict[str, dict[str, Any]] = {k: {} for k in KINDS}
     item_providers: dict[str, dict[str, Provider]] = {k: {} for k in KINDS}
+    conflicts: dict[str, dict[str, list[Provider]]] = {}
     for kind in KINDS.values():
         hook = getattr(pm.hook, f"ssl_bench_{kind.name}")
         for impl in hook.get_hookimpls():
@@ -203,15 +214,17 @@ def load_registry(extra_plugins: Iterable[tuple[str, Any]] = ()) -> Registry:
                 fail(provider, exc)
                 continue
             for thing in contributed:
-                name, label = thing.name, kind.label
-                if name in items[kind.name]:
-                    other = item_providers[kind.name][name]
-                    raise UserError(
-                        f"{label} name {name!r} is provided twice: by {other} and by {provider}. "
-                        f"Uninstall one of these distributions or rename the {label} in one of them.")
-                items[kind.name][name] = thing
-                item_providers[kind.name][name] = provider
-    return Registry(items, item_providers, broken)
+                name = thing.name
+                clash = conflicts.setdefault(kind.name, {})
+                if name in clash:
+                    clash[name].append(provider)
+                elif name in items[kind.name]:  # neither wins: only what needs the name fails
+                    clash[name] = [item_providers[kind.name].pop(name), provider]
+                    del items[kind.name][name]
+                else:
+                    items[kind.name][name] = thing
+                    item_providers[kind.name][name] = provider
+    return Registry(items, item_providers, broken, {k: v for k, v in conflicts.items() if v})
 
 
 @functools.lru_cache(maxsize=1)

@@ -215,21 +215,30 @@ DUPLICATE_LBA = """
     """
 
 
-def test_duplicate_name_names_both_distributions(plugin_path):
+def test_duplicate_name_fails_only_what_needs_it_and_names_both_distributions(plugin_path, tmp_path):
     plugin_path("fancy-lba-dist", {"fancy": "plugins_test_fancy_lba"}, {"plugins_test_fancy_lba": DUPLICATE_LBA})
+    reg = load_registry()
+    assert "lba" not in reg.names("methods") and "supervised" in reg.names("methods")
     with pytest.raises(UserError) as info:
-        load_registry()
+        reg.method("lba")
     message = str(info.value)
-    assert "'lba'" in message
+    assert message.startswith("method name 'lba' is provided twice")
     assert "ssl-bench (entry point 'lba'" in message
     assert "fancy-lba-dist (entry point 'fancy'" in message
 
-    proc = cli("list")
-    assert proc.returncode == 2
-    assert proc.stderr.startswith("ssl-bench: error: method name 'lba' is provided twice")
-    assert "ssl-bench (entry point 'lba'" in proc.stderr and "fancy-lba-dist" in proc.stderr
-    assert "Traceback" not in proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1
+    listed = cli("list")  # list works and shows the conflict, as it shows broken plugins
+    assert listed.returncode == 0, listed.stderr
+    (line,) = [line for line in listed.stdout.splitlines() if line.startswith("CONFLICT")]
+    assert line.startswith("CONFLICT\tmethods\tmethod name 'lba' is provided twice") and "fancy-lba-dist" in line
+
+    grid = tmp_path / "g.toml"  # a run that does not use the name is unaffected
+    grid.write_text('[base]\ndataset = "digits"\nbackbone = "lba_convnet"\nmethod = "supervised"\n'
+                    '[base.backbones.lba_convnet]\nwidths = "4"\n')
+    assert cli("run", "--grid", str(grid), "--dry-run").returncode == 0
+    needs = cli("run", "--grid", str(grid), "--dry-run", "--set", "method=lba")
+    assert needs.returncode == 2
+    assert needs.stderr.startswith("ssl-bench: error: method name 'lba' is provided twice")
+    assert "Traceback" not in needs.stderr and len(needs.stderr.strip().splitlines()) == 1
 
 
 # --------------------------------------------------------------------------- broken plugins
