@@ -291,11 +291,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="ssl-bench", description="Seeded semi-supervised learning benchmarks.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    from .registry import KINDS
+    from .hookspecs import KIND_NAMES  # not the registry: `--help` must not import torch
 
     p = sub.add_parser("list", help="list installed plugins by kind (methods, backbones, datasets, tasks, metrics, "
                                     "augmentations, grids) and broken plugins")
-    p.add_argument("kind", nargs="?", choices=list(KINDS))
+    p.add_argument("kind", nargs="?", choices=list(KIND_NAMES))
     p.add_argument("-v", "--verbose", action="store_true", help="show parameters and plugin errors in full")
     p.set_defaults(func=cmd_list)
 

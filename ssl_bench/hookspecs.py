@@ -18,6 +18,8 @@ import pluggy
 
 PROJECT = "ssl_bench"
 ENTRY_POINT_GROUP = "ssl_bench"
+#: the kinds of plugins, one hook each (``ssl_bench_<kind>``); ``registry.KINDS`` describes them
+KIND_NAMES = ("methods", "backbones", "datasets", "tasks", "metrics", "augmentations", "grids")
 
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)

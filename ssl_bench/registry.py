@@ -68,6 +68,7 @@ KINDS: dict[str, Kind] = {k.name: k for k in [
     Kind("augmentations", "augmentation pipeline", _instance_of(Augmentation, "augmentations")),
     Kind("grids", "grid", _grid_source),
 ]}
+assert tuple(KINDS) == hookspecs.KIND_NAMES
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -243,3 +244,19 @@ def test_missing_grid_path_without_suffix_says_it_does_not_exist(tmp_path):
     proc = cli("run", "--grid", str(tmp_path / "nowhere" / "grid"), "--out", str(tmp_path / "out"))
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"ssl-bench: error: grid file {tmp_path / 'nowhere' / 'grid'} does not exist"
+
+
+def test_help_starts_without_importing_torch():
+    code = ("import sys\nfrom ssl_bench.cli import main\n"
+            "for argv in (['--help'], ['run', '--help'], ['table', '--help']):\n"
+            "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+            "print('torch' in sys.modules, 'pyarrow' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "False False"
+    # the lazy public API still answers, and names what it lacks
+    check = subprocess.run([sys.executable, "-c", "import ssl_bench\nfrom ssl_bench import Method, read_runs\n"
+                            "print(Method.__name__, read_runs.__name__, 'Method' in dir(ssl_bench))\n"
+                            "ssl_bench.nope"], capture_output=True, text=True, timeout=120)
+    assert check.stdout.strip() == "Method read_runs True"
+    assert "module 'ssl_bench' has no attribute 'nope'" in check.stderr
