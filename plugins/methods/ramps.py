@@ -24,4 +24,17 @@ def sigmoid_rampup(step: float, length: float) -> float:
     return math.exp(-5.0 * phase * phase)
 
 
-__all__ = ["sigmoid_rampup"]
+def step_after(step: float, delay: float) -> float:
+    """The domain-adaptation schedule of associative DA (dissertation ch. 4): alpha is a step
+    function, 0 before ``delay`` steps, 1 from step ``delay`` on (delay 0: always 1)."""
+    return 1.0 if step >= delay else 0.0
+
+
+def dann_lambda(progress: float, gamma: float = 10.0) -> float:
+    """DANN's adaptation factor lambda_p = 2 / (1 + exp(-gamma p)) - 1 (Ganin et al. 2016, §5.2.2),
+    p the training progress in [0, 1]: 0 at the start, ~1 at the end (gamma = 10: 0.987 at p = 0.5)."""
+    p = min(max(progress, 0.0), 1.0)
+    return 2.0 / (1.0 + math.exp(-gamma * p)) - 1.0
+
+
+__all__ = ["sigmoid_rampup", "step_after", "dann_lambda"]
