@@ -91,13 +91,14 @@ def _print_tables(prepared, out: Path, fmt: str = "markdown", compare: bool = Fa
     grid = prepared.grid.name
     every = read_runs(out, grid)
     rows = read_runs(out, grid, run_ids=[r.run_id for r in prepared.runs])
+    note = ""
     if len(rows) < len(prepared.runs):
         others = len(every) - len(rows)
-        print(f"note: {len(rows)} of the {len(prepared.runs)} runs of grid {grid!r} have results in {out / grid}"
-              + (f"; {others} other row(s) there belong to other configurations of the grid (another --set or "
-                 f"--smoke, or an older version of the grid file)" if others else "")
-              + (f"; `ssl-bench run --grid {grid} --out {out}` (with the same --set options) trains them"
-                 if not len(rows) else ""), file=sys.stderr)
+        note = (f"note: {len(rows)} of the {len(prepared.runs)} runs of grid {grid!r} have results in {out / grid}"
+                + (f"; {others} other row(s) there belong to other configurations of the grid (another --set or "
+                   f"--smoke, or an older version of the grid file)" if others else "")
+                + (f"; `ssl-bench run --grid {grid} --out {out}` (with the same --set options) trains them"
+                   if not len(rows) else ""))
     tables = [t for t in prepared.grid.tables if only in (None, t.name)]
     if only and not tables:
         raise UserError(f"grid {prepared.grid.name!r} has no table {only!r}; its tables: "
@@ -105,6 +106,8 @@ def _print_tables(prepared, out: Path, fmt: str = "markdown", compare: bool = Fa
     if not tables:
         print(f"(grid {prepared.grid.name!r} declares no tables)")
     rendered = [render(spec, prepared.runs, rows, fmt, compare=compare, show_n=show_n) for spec in tables]
+    if note:  # after rendering: an error stays the one line on stderr
+        print(note, file=sys.stderr)
     print("\n\n".join(rendered))  # all or nothing: a failing table prints none
 
 

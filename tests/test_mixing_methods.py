@@ -376,4 +376,5 @@ def test_hyperparameters_are_validated(reg):
     assert reg.method("vat") is VirtualAdversarialTraining and reg.method("mixmatch") is MixMatch
     assert MixMatch.views == {"labeled": ("weak",), "unlabeled": ("weak", "weak")}
     defaults = {p.name: p.default for p in VirtualAdversarialTraining.params()}
-    assert defaults == {"weight": 1.0, "eps": 8.0, "xi": 1e-6, "power_iterations": 1, "entmin": False}
+    assert defaults == {"weight": 1.0, "eps": 8.0, "xi": 1e-6, "power_iterations": 1, "entmin": False,
+                        "entmin_weight": 1.0}
