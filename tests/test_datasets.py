@@ -135,7 +135,8 @@ def test_datasets_are_registered_with_their_parameters():
     for name in ("mnist", "fashion_mnist", "svhn", "stl10"):
         spec = reg.dataset(name)
         assert spec.download is not None and spec.help
-    assert [(p.name, p.type, p.default) for p in reg.dataset("svhn").params] == [("extra", bool, False), ("normalisation", str, "dataset")]
+    assert [(p.name, p.type, p.default) for p in reg.dataset("svhn").params] == [
+        ("extra", bool, False), ("normalisation", str, "dataset")]
     assert [(p.name, p.type, p.default) for p in reg.dataset("stl10").params] == [("unlabeled", bool, True)]
     assert reg.dataset("mnist").params == []
 
