@@ -31,7 +31,8 @@ from typing import Callable
 DEFAULT_TIMEOUT_S = 300.0
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host (one we may not signal counts as alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -98,7 +99,7 @@ class Leases:
             except FileNotFoundError:
                 return "released meanwhile"
             return f"unreadable for {age:.0f} s" if age > min(self.timeout, 10.0) else None
-        if owner.get("host") == self.owner["host"] and not _alive(int(owner.get("pid", -1))):
+        if owner.get("host") == self.owner["host"] and not pid_alive(int(owner.get("pid", -1))):
             return f"its owner, pid {owner.get('pid')} on this host, is gone"
         if age > self.timeout:
             return f"its owner, pid {owner.get('pid')} on {owner.get('host')}, has been silent for {age:.0f} s"

@@ -22,6 +22,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .leases import pid_alive
 from .params import Count, Param
 
 #: columns every run row has, in order (plus one column per plugin parameter of the grid)
@@ -161,15 +162,7 @@ def _writer_alive(tmp: Path) -> bool:
         pid = int(tmp.name.rsplit(".", 2)[-2])
     except (ValueError, IndexError):
         return False
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid != os.getpid() and pid_alive(pid)
 
 
 DAMAGED = ".damaged"

@@ -26,36 +26,26 @@ function is what is here.
 """
 from __future__ import annotations
 
-import torch.nn.functional as F
-
-from ssl_bench import Method, hookimpl, hyperparameter
-from ssl_bench_plugins.methods.association import associate
+from ssl_bench import hookimpl, hyperparameter
+from ssl_bench_plugins.methods.lba import LearningByAssociation
 from ssl_bench_plugins.methods.ramps import step_after
 
 
-class AssociativeDomainAdaptation(Method):
+class AssociativeDomainAdaptation(LearningByAssociation):
     """Classification on the source + alpha(step) (b1 walker + b2 visit) between source and target (ADA, ch. 4)."""
 
     name = "assoc_da"
-    walker_weight: float = hyperparameter(1.0, ge=0, help="b1: weight of L_walker (the dissertation: 1)")
+    # LbA's losses and knobs (walker_weight b1, log_epsilon), with the chapter's b2 default and schedule
     visit_weight: float = hyperparameter(0.5, ge=0, help="b2: weight of L_visit (Table 2 fixed parameters: 0.5; "
                                                          "authors' README: 0.1-0.6)")
     weight: float = hyperparameter(1.0, ge=0, help="alpha after the delay (the step function's height)")
     delay: int = hyperparameter(500, ge=0, help="steps before the association losses switch on (Table 2 fixed "
                                                 "parameters: 500)")
-    log_epsilon: float = hyperparameter(1e-8, gt=0, help="eps in log(eps + p), as the reference code")
 
     def loss_terms(self, batch, model, ctx):
-        if batch.x_unlabeled is None:
-            return {"classification": F.cross_entropy(model(batch.x_labeled), batch.y_labeled)}
-        a, b = model.embed(batch.x_labeled), model.embed(batch.x_unlabeled)
-        association = associate(a, b, batch.y_labeled, self.log_epsilon)
+        terms = super().loss_terms(batch, model, ctx)  # classification, walker, visit (LbA eqs. 1-5)
         alpha = self.weight * step_after(ctx.step, self.delay)
-        return {
-            "classification": F.cross_entropy(model.head(a), batch.y_labeled),
-            "walker": alpha * self.walker_weight * association.walker_loss,
-            "visit": alpha * self.visit_weight * association.visit_loss,
-        }
+        return {name: value if name == "classification" else alpha * value for name, value in terms.items()}
 
 
 @hookimpl
