@@ -48,6 +48,9 @@ SHAPES = {
     ("baselines_digits", "baselines"): (["supervised", "entmin", "pi_model", "temporal_ensembling", "mean_teacher",
                                          "vat", "mixup", "mixmatch", "fixmatch", "pseudo_label", "lba", "cclp"],
                                         ["50"]),
+    **{("da_fashion_mnist_m", table): (["supervised", "assoc_da", "mmd_da", "dann"], ["fashion_mnist_m"])
+       for table in ("target_error", "mmd")},
+    ("da_fashion_mnist_m", "target_only"): (["supervised"], ["fashion_mnist_m"]),
     ("baselines_fashion_mnist", "baselines"): (
         ["supervised", "entmin", "pi_model", "temporal_ensembling", "mean_teacher", "vat", "mixup", "mixmatch",
          "fixmatch", "pseudo_label", "lba", "cclp"], ["100"]),
@@ -109,7 +112,8 @@ def test_paper_grids_have_the_papers_run_counts(registry, tmp_path):
                 "svhn_visit_weight": 40, "stl10_lba": 5, "fashion_mnist_table3": 60, "digits_table3": 60,
                 "cclp_table1": 180, "cclp_steps": 600, "cclp_steps_fashion_mnist": 100, "cclp_steps_digits": 100,
                 "baselines_digits": 340, "baselines_cifar10_table3_1": 60, "baselines_svhn_table3_2": 60,
-                "baselines_convnet13_table3_3": 30, "fixmatch_table2": 45, "baselines_fashion_mnist": 36}
+                "baselines_convnet13_table3_3": 30, "fixmatch_table2": 45, "baselines_fashion_mnist": 36,
+                "da_fashion_mnist_m": 25}
     for grid, n in expected.items():
         assert len(prepare(grid, registry, data_dir=tmp_path, data="skip").runs) == n, grid
 

@@ -61,6 +61,13 @@ def random_inversion(x: torch.Tensor, generator: torch.Generator) -> torch.Tenso
     return torch.where(flip[:, None, None, None], 1.0 - x, x)
 
 
+def no_augmentation(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """The blended data sets' standard augmentation: none (the dissertation augments only the
+    source side); defined so that a domain-adaptation run with ``augment = true`` (the source's
+    inversion) accepts them as targets."""
+    return x
+
+
 def _blended(name: str, grey: ImageDataset, train_photos, test_photos, seed: int, origin: str) -> ImageDataset:
     rng = np.random.default_rng(seed)
     train_x = blend(grey.train_x.numpy()[:, 0], train_photos, rng)
@@ -70,7 +77,7 @@ def _blended(name: str, grey: ImageDataset, train_photos, test_photos, seed: int
     return ImageDataset(
         name=name, train_x=torch.from_numpy(train_x), train_y=grey.train_y.clone(),
         test_x=torch.from_numpy(test_x), test_y=grey.test_y.clone(), num_classes=grey.num_classes,
-        mean=mean, std=std, pipelines=dict(grey.pipelines),
+        mean=mean, std=std, augment=no_augmentation, pipelines=dict(grey.pipelines),
         description=f"{grey.name} blended with {origin} (|patch - image| per channel, seed {seed}), "
                     f"{len(train_x)} train / {len(test_x)} test, 3x28x28; sha256 {digest}")
 
