@@ -40,6 +40,8 @@ A grid is a TOML file::
     select = "val_error"              # optional: where a cell's runs differ in more than the seed
                                       # (a swept knob), show the setting with the best median of
                                       # this column: tuning on validation, reported on test
+    coverage = { source_only = { method = "supervised", task = "domain_adaptation" },
+                 target_only = { task = "ssl" } }   # optional: (cell - SO) / (TO - SO), in %
 
 A run configuration is a nested dict of the protocol keys, ``method``/``backbone``/``dataset``
 and their fully defaulted parameters (``methods.NAME``, ...) for exactly the plugins the run
@@ -69,7 +71,7 @@ TOP_KEYS = {"name", "description", "base", "axes", "zip", "exclude", "table", "s
 #: what --smoke sets, before the grid's own [smoke] table and the user's --set options
 SMOKE_DEFAULTS = {"steps": 2, "eval_every": 1}
 TABLE_KEYS = {"name", "rows", "columns", "metric", "statistic", "spread", "format", "caption", "where", "reference",
-              "select"}
+              "select", "coverage"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +87,8 @@ class TableSpec:
     where: dict = dataclasses.field(default_factory=dict)
     reference: Path | None = None
     select: str = ""  # a result column: per cell, keep the setting whose median of it is best
+    #: domain adaptation: {"source_only": {filter}, "target_only": {filter}}; adds a coverage column
+    coverage: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -259,6 +263,10 @@ def _table_spec(raw: dict, where: str, path: Path | None) -> TableSpec:
     # the metric is checked against the runs' result columns when the grid is prepared
     if not isinstance(spec.metric, str) or not spec.metric:
         raise UserError(f"{where}: table {spec.name!r}: metric must be a result column name, e.g. test_error")
+    if spec.coverage and (set(spec.coverage) != {"source_only", "target_only"}
+                          or not all(isinstance(v, dict) and v for v in spec.coverage.values())):
+        raise UserError(f"{where}: table {spec.name!r}: coverage must be {{ source_only = {{...}}, target_only = "
+                        f"{{...}} }}, each a non-empty filter of settings (like where)")
     if spec.statistic not in ("median", "mean", "best"):
         raise UserError(f"{where}: table {spec.name!r}: statistic must be median, mean or best, got {spec.statistic!r}")
     if spec.spread not in ("std", "none"):

@@ -71,6 +71,9 @@ def prepare(ref: str, registry: Registry, *, overrides: dict[str, Any] | None = 
         chosen = [f for f in flats if all(canon(f.get(k)) == canon(v) for k, v in table.where.items())]
         if not chosen:
             raise UserError(f"grid {grid.name!r}: table {table.name!r}: no run matches where = {table.where}")
+        for key, filt in table.coverage.items():
+            if not any(all(canon(f.get(k)) == canon(v) for k, v in filt.items()) for f in flats):
+                raise UserError(f"grid {grid.name!r}: table {table.name!r}: no run matches coverage.{key} = {filt}")
         for axis in (table.rows, table.columns):
             if not all(axis in flat for flat in chosen):
                 raise UserError(f"grid {grid.name!r}: table {table.name!r} refers to {axis!r}, which is not a "

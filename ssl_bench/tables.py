@@ -9,6 +9,7 @@ Reference numbers are CSV files (``benchmarks/references/``) with the columns
 """
 from __future__ import annotations
 
+import dataclasses
 import html
 import math
 from pathlib import Path
@@ -188,10 +189,23 @@ def describe(spec: TableSpec, excluded: dict[str, int], choices: dict | None = N
     return text
 
 
+def coverage_bounds(spec: TableSpec, runs: list[Run], rows: pd.DataFrame) -> dict[str, tuple[float, int]]:
+    """Source-only and target-only values for ``spec.coverage``: the table's statistic over the
+    runs matching each filter (whatever the table's own ``where``), and how many there were."""
+    out = {}
+    for key, filt in spec.coverage.items():
+        bound = dataclasses.replace(spec, where=filt, select="", coverage={}, rows="seed", columns="seed")
+        _, _, cells, _, _ = cell_values(bound, runs, rows)
+        values = np.concatenate([v for v in cells.values()] or [np.array([])])
+        out[key] = (statistic(values, spec)[0], len(values))
+    return out
+
+
 def table_frame(spec: TableSpec, runs: list[Run], rows: pd.DataFrame, *, compare: bool = False,
                 show_n: bool = False) -> tuple[pd.DataFrame, str]:
     """The table as a DataFrame of cell strings, and its description line."""
     row_labels, col_labels, cells, excluded, choices = cell_values(spec, runs, rows)
+    bounds = coverage_bounds(spec, runs, rows) if spec.coverage else {}
     reference = {}
     if compare:
         if spec.reference is None:
@@ -204,6 +218,12 @@ def table_frame(spec: TableSpec, runs: list[Run], rows: pd.DataFrame, *, compare
             values = cells.get((r, c), np.array([]))
             centre, spread = statistic(values, spec)
             ours = format_cell(centre, spread, spec.format, len(values) if show_n else None)
+            if bounds:
+                (so, _), (to, _) = bounds["source_only"], bounds["target_only"]
+                gap = to - so  # must point the metric's better way: target only beats source only
+                better = gap > 0 if higher_is_better(spec.metric) else gap < 0
+                covered = 100.0 * (centre - so) / gap + 0.0 if better else float("nan")  # + 0.0: no "-0.0"
+                line[f"{c} coverage %"] = MISSING if math.isnan(covered) else format(covered, ".1f")
             if not compare:
                 line[c] = ours
                 continue
@@ -214,7 +234,17 @@ def table_frame(spec: TableSpec, runs: list[Run], rows: pd.DataFrame, *, compare
                                  if paper and not math.isnan(centre) else MISSING)
         body.append(line)
     frame = pd.DataFrame(body, index=pd.Index(row_labels, name=f"{spec.rows} \\ {spec.columns}"))
-    return frame, describe(spec, excluded, choices)
+    if bounds:  # the value columns first, then their coverage
+        frame = frame[[c for c in frame.columns if not c.endswith(" coverage %")]
+                      + [c for c in frame.columns if c.endswith(" coverage %")]]
+    note = describe(spec, excluded, choices)
+    if bounds:
+        (so, n_so), (to, n_to) = bounds["source_only"], bounds["target_only"]
+        note += (f" Coverage = (cell - source only) / (target only - source only), in %: source only = "
+                 f"{format(so, spec.format)} ({n_so} runs matching {spec.coverage['source_only']}), target only = "
+                 f"{format(to, spec.format)} ({n_to} runs matching {spec.coverage['target_only']}), the same "
+                 f"statistic; undefined (—) unless target only is better than source only.")
+    return frame, note
 
 
 def render(spec: TableSpec, runs: list[Run], rows: pd.DataFrame, fmt: str = "markdown", *,

@@ -48,8 +48,9 @@ SHAPES = {
     ("baselines_digits", "baselines"): (["supervised", "entmin", "pi_model", "temporal_ensembling", "mean_teacher",
                                          "vat", "mixup", "mixmatch", "fixmatch", "pseudo_label", "lba", "cclp"],
                                         ["50"]),
-    **{("da_fashion_mnist_m", table): (["supervised", "assoc_da", "mmd_da", "dann"], ["fashion_mnist_m"])
-       for table in ("target_error", "mmd")},
+    ("da_fashion_mnist_m", "target_error"): (["supervised", "assoc_da", "mmd_da", "dann"],
+                                             ["fashion_mnist_m", "fashion_mnist_m coverage %"]),
+    ("da_fashion_mnist_m", "mmd"): (["supervised", "assoc_da", "mmd_da", "dann"], ["fashion_mnist_m"]),
     ("da_fashion_mnist_m", "target_only"): (["supervised"], ["fashion_mnist_m"]),
     ("baselines_fashion_mnist", "baselines"): (
         ["supervised", "entmin", "pi_model", "temporal_ensembling", "mean_teacher", "vat", "mixup", "mixmatch",
@@ -99,7 +100,8 @@ def test_grid_runs_end_to_end_with_smoke(grid, data_dir, registry, tmp_path):
     for name, (row_labels, col_labels) in expected.items():
         frame, note = table_frame(tables[name], prepared.runs, rows)
         assert list(frame.index) == row_labels and list(frame.columns) == col_labels
-        assert not (frame == "—").any().any(), frame
+        values = frame[[c for c in frame.columns if not c.endswith(" coverage %")]]  # 2-step coverage may be undefined
+        assert not (values == "—").any().any(), frame
 
 
 def test_every_builtin_grid_is_covered(registry):

@@ -636,3 +636,64 @@ def test_where_selects_the_runs_before_their_keys_are_checked(tmp_path, registry
     with pytest.raises(UserError, match=r"table 'knob': no run matches where = \{'method': 'vat'\}"):
         prepare(str(write_grid(tmp_path, WHERE_GRID.replace('method = "lba" }', 'method = "vat" }'), "y.toml")),
                 registry, data_dir=tmp_path, data="skip")
+
+
+# ------------------------------------------------------------------------------ coverage (domain adaptation)
+COVERAGE_GRID = """
+name = "cov"
+[base]
+backbone = "lba_convnet"
+n_labeled = 100
+[[zip]]
+method = ["supervised", "lba", "supervised"]
+task = ["domain_adaptation", "domain_adaptation", "ssl"]
+dataset = ["digits", "digits", "digits_inverted"]
+target = ["digits_inverted", "digits_inverted", ""]
+[axes]
+seed = [0, 1, 2]
+[[table]]
+name = "da"
+rows = "method"
+columns = "target"
+where = { task = "domain_adaptation" }
+coverage = { source_only = { method = "supervised", task = "domain_adaptation" }, target_only = { task = "ssl" } }
+"""
+
+
+def coverage_rows(runs, errors: dict) -> pd.DataFrame:
+    """errors[(method, task)] = [error per seed]."""
+    out = []
+    for run in runs:
+        flat = run.flat()
+        out.append({"run_id": run.run_id, "status": "ok",
+                    "test_error": errors[(flat["method"], flat["task"])][flat["seed"]]})
+    return pd.DataFrame(out)
+
+
+def test_coverage_is_the_share_of_the_gap_closed_by_hand(registry):
+    grid, runs = grid_of(COVERAGE_GRID, registry)
+    assert len(runs) == 9
+    # source only 30 (median of 29/30/31), target only 10: lba at 15 closes 75% of the gap
+    errors = {("supervised", "domain_adaptation"): [29.0, 30.0, 31.0], ("lba", "domain_adaptation"): [14.0, 15.0, 16.0],
+              ("supervised", "ssl"): [10.0, 9.0, 11.0]}
+    frame, note = table_frame(grid.tables[0], runs, coverage_rows(runs, errors))
+    assert list(frame.columns) == ["digits_inverted", "digits_inverted coverage %"]
+    assert frame.loc["lba", "digits_inverted coverage %"] == "75.0"
+    assert frame.loc["supervised", "digits_inverted coverage %"] == "0.0"
+    assert frame.loc["lba", "digits_inverted"] == "15.00 (1.00)"  # the values themselves are unchanged
+    assert "source only = 30.00 (3 runs matching" in note and "target only = 10.00 (3 runs" in note
+    # a target-only bound that is not better than source only: coverage is undefined, not a huge number
+    errors[("supervised", "ssl")] = [31.0, 32.0, 33.0]
+    frame, _ = table_frame(grid.tables[0], runs, coverage_rows(runs, errors))
+    assert frame.loc["lba", "digits_inverted coverage %"] == MISSING
+
+
+def test_coverage_settings_are_checked(tmp_path, registry):
+    from ssl_bench.runner import prepare
+
+    bad = COVERAGE_GRID.replace('target_only = { task = "ssl" }', "target_only = {}")
+    with pytest.raises(UserError, match=r"coverage must be \{ source_only = \{\.\.\.\}, target_only"):
+        grid_of(bad, registry)
+    none = COVERAGE_GRID.replace('target_only = { task = "ssl" }', 'target_only = { method = "vat" }')
+    with pytest.raises(UserError, match=r"no run matches coverage\.target_only = \{'method': 'vat'\}"):
+        prepare(str(write_grid(tmp_path, none)), registry, data_dir=tmp_path, data="skip")
