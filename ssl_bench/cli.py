@@ -21,55 +21,25 @@ def _parse_sets(pairs: list[str]) -> dict:
     return overrides
 
 
-def _grid_description(path) -> str:
-    """A grid file's ``description`` (its first line), for ``list grids``."""
-    import tomllib
-
-    try:
-        return str(tomllib.loads(Path(path).read_text()).get("description", "")).split("\n")[0] or "-"
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        return f"(unreadable: {type(exc).__name__})"
-
-
 def cmd_list(args) -> int:
-    from .params import describe
-    from .registry import KINDS, registry
+    from .catalogue import catalogue
+    from .hookspecs import KIND_NAMES
 
-    reg = registry()
-    kinds = [args.kind] if args.kind else list(KINDS)
-    for kind in kinds:
+    found = catalogue()  # cached: listing imports no plugin (nor torch) unless the software changed
+    for kind in [args.kind] if args.kind else KIND_NAMES:
         if not args.kind:
             print(f"# {kind}")
-        for name in reg.names(kind):
-            item = reg.items[kind][name]
-            provider = reg.providers[kind][name].distribution
-            if kind == "grids":
-                print(f"{name}\t{provider}\t{_grid_description(item.path)}\t{item.path}")
-                continue
-            if isinstance(item, type):  # methods and tasks: their docstring's first line
-                doc = (item.__doc__ or "").strip().split("\n")[0]
-            else:
-                doc = item.help
-            if kind == "metrics":
-                doc = f"{'higher' if item.higher_is_better else 'lower'} is better; {doc}"
-            print(f"{name}\t{provider}\t{doc}")
-            if args.verbose:
-                params = item.params() if kind == "methods" else getattr(item, "params", None)
-                if params:
-                    print(describe(params))
-                if kind == "tasks":
-                    keys = ", ".join(f"{k} (required)" if k in item.required else k for k in item.keys)
-                    print(f"    metrics: {', '.join(item.metrics)}; uses labels: {str(item.uses_labels).lower()}"
-                          + (f"; keys: {keys}" if keys else ""))
-    for kind, names in reg.conflicts.items():
+        for row in found.rows.get(kind, []):
+            print(f"{row.name}\t{row.provider}\t{row.summary}")
+            if args.verbose and row.details:
+                print(row.details)
+    for kind, message in found.conflicts:
         if args.kind in (None, kind):
-            for name in names:
-                print(f"CONFLICT\t{kind}\t{reg.conflict_message(kind, name)}")
-    for broken in reg.broken:
-        print(f"BROKEN\t{broken.provider.distribution}\t{broken.provider.entry_point} -> "
-              f"{broken.provider.module}: {broken.error}")
+            print(f"CONFLICT\t{kind}\t{message}")
+    for line, details in found.broken:
+        print(f"BROKEN\t{line}")
         if args.verbose:
-            print(broken.details)
+            print(details)
     return 0
 
 

@@ -89,6 +89,20 @@ def plugin_path(tmp_path, monkeypatch):
     registry_module.registry.cache_clear()
 
 
+@pytest.fixture(autouse=True, scope="session")
+def listing_cache(tmp_path_factory):
+    """``ssl-bench list``'s cache (ssl_bench/catalogue.py) in a folder of this test session, not
+    the user's ~/.cache; subprocesses inherit it."""
+    folder = tmp_path_factory.mktemp("ssl-bench-cache")
+    previous = os.environ.get("SSL_BENCH_CACHE")
+    os.environ["SSL_BENCH_CACHE"] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop("SSL_BENCH_CACHE", None)
+    else:
+        os.environ["SSL_BENCH_CACHE"] = previous
+
+
 @pytest.fixture(autouse=True)
 def fresh_registry():
     registry_module.registry.cache_clear()

@@ -6,6 +6,7 @@ import importlib
 import importlib.metadata
 import subprocess
 import sys
+import textwrap
 
 import pandas as pd
 import pytest
@@ -260,7 +261,8 @@ def broken_lines(stdout: str) -> list[str]:
     return [line for line in stdout.splitlines() if line.startswith("BROKEN")]
 
 
-def test_broken_plugins_do_not_break_the_cli(plugin_path, tmp_path):
+def test_broken_plugins_do_not_break_the_cli(plugin_path, tmp_path, monkeypatch):
+    monkeypatch.setenv("SSL_BENCH_CACHE", str(tmp_path / "cache"))
     plugin_path("ghost-dist", {"ghost": "plugins_test_ghost"}, {"plugins_test_ghost": IMPORT_FAILS})
     plugin_path("exploding-dist", {"exploding": "plugins_test_exploding"}, {"plugins_test_exploding": HOOK_FAILS})
 
@@ -278,6 +280,8 @@ def test_broken_plugins_do_not_break_the_cli(plugin_path, tmp_path):
     assert ghost and "ImportError: ghostlib 9.9 is required by ghost_method" in ghost[0]
     exploding = [line for line in broken if "exploding-dist" in line]
     assert exploding and "ValueError: the hook exploded" in exploding[0]
+    # never cached: installing ghostlib would change nothing the cache's fingerprint sees
+    assert not (tmp_path / "cache" / "catalogue.json").exists()
 
     # a grid that needs what the broken plugin would provide fails before training
     out = tmp_path / "out"
@@ -294,6 +298,62 @@ def test_broken_plugins_do_not_break_the_cli(plugin_path, tmp_path):
     proc = cli("run", "--grid", str(grid), "--out", str(out), "--no-progress")
     assert proc.returncode == 0, proc.stderr
     assert list(pd.read_parquet(out / "fine" / "runs")["status"]) == ["ok"]
+
+
+LISTED = """
+    from ssl_bench import Method, hookimpl
+
+
+    class Listed(Method):
+        \"\"\"{doc}\"\"\"
+
+        name = "plugins_test_listed"
+
+        def loss_terms(self, batch, model, ctx):
+            raise NotImplementedError
+
+
+    @hookimpl
+    def ssl_bench_methods():
+        return [Listed]
+    """
+
+LIST_AND_REPORT_TORCH = ("import sys; from ssl_bench.cli import main; main(['list']); "
+                         "print('torch imported:', 'torch' in sys.modules, file=sys.stderr)")
+
+
+def test_list_is_cached_without_torch_and_follows_installs_and_edits(plugin_path, tmp_path, monkeypatch):
+    monkeypatch.setenv("SSL_BENCH_CACHE", str(tmp_path / "cache"))
+
+    def listing() -> tuple[str, bool]:
+        proc = subprocess.run([sys.executable, "-c", LIST_AND_REPORT_TORCH], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout, "torch imported: True" in proc.stderr
+
+    root = plugin_path("listed-dist", {"listed": "plugins_test_listed"},
+                       {"plugins_test_listed": LISTED.replace("{doc}", "First words.")})
+    first, imported = listing()
+    assert imported, "the first listing discovers (imports) the plugins"
+    assert "plugins_test_listed\tlisted-dist\tFirst words.\n" in first
+    second, imported = listing()
+    assert not imported and second == first
+
+    # an edited plugin file is listed as it now is
+    (root / "plugins_test_listed.py").write_text(textwrap.dedent(LISTED.replace("{doc}", "Second, longer words.")))
+    third, imported = listing()
+    assert imported and "plugins_test_listed\tlisted-dist\tSecond, longer words.\n" in third
+    assert listing() == (third, False)
+
+    # a newly installed distribution is listed
+    plugin_path("more-dist", {"more": "plugins_test_more"},
+                {"plugins_test_more": LISTED.replace("{doc}", "More.").replace("_listed", "_more")})
+    fourth, imported = listing()
+    assert imported and "plugins_test_more\tmore-dist\tMore.\n" in fourth and "Second, longer words." in fourth
+
+    # a damaged cache is ignored and replaced
+    (tmp_path / "cache" / "catalogue.json").write_text("{not json")
+    assert listing() == (fourth, True)
+    assert listing() == (fourth, False)
 
 
 NOT_A_METHOD = """
