@@ -28,7 +28,7 @@ import pytest
 import scipy.io
 import torch
 
-from ssl_bench import UserError
+from ssl_bench import Count, UserError
 from ssl_bench.cli import main as cli_main
 from ssl_bench.registry import registry
 from ssl_bench_plugins.datasets import files
@@ -136,7 +136,8 @@ def test_datasets_are_registered_with_their_parameters():
         spec = reg.dataset(name)
         assert spec.download is not None and spec.help
     assert [(p.name, p.type, p.default) for p in reg.dataset("svhn").params] == [
-        ("extra", bool, False), ("normalisation", str, "dataset")]
+        ("extra", bool, False), ("normalisation", str, "dataset"), ("extra_count", Count, "all"),
+        ("extra_seed", int, 0)]
     assert [(p.name, p.type, p.default) for p in reg.dataset("stl10").params] == [("unlabeled", bool, True)]
     assert reg.dataset("mnist").params == []
 

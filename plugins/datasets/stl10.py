@@ -16,6 +16,10 @@ include classes outside the 10; 2.7 GB in memory, read in chunks so the transpos
 second full copy); false skips that file (supervised runs, quick checks). Mean/std per channel
 (0-1 scale, population std) come from the 5,000 labeled training images, whatever ``unlabeled``
 is, so normalisation does not change with the parameter.
+With ``unlabeled = false`` the data set is the 5,000 labeled training images only (and the 8,000
+test images): the protocol of associative deep clustering ("We use all 5,000 images of the training
+set ... We do not use the unlabeled set, as it contains images of objects of other classes",
+Haeusser et al. 2018, §3.5); a clustering run then draws its unlabeled images from those 5,000.
 
 Where the files are looked for: ``DATA_DIR/stl10/stl10_binary/``, then ``DATA_DIR/stl10/``
 (see ``files.py``). ``ssl-bench data download stl10`` fetches ``stl10_binary.tar.gz`` (2.6 GB,
