@@ -42,6 +42,10 @@ A grid is a TOML file::
                                       # this column: tuning on validation, reported on test
     coverage = { source_only = { method = "supervised", task = "domain_adaptation" },
                  target_only = { task = "ssl" } }   # optional: (cell - SO) / (TO - SO), in %
+                                      # a filter value "{column}" is the cell's column label: one
+                                      # SO/TO per column (several domain pairs in one table), e.g.
+                                      # source_only = { ..., target = "{column}" },
+                                      # target_only = { task = "ssl", dataset = "{column}" }
 
 A run configuration is a nested dict of the protocol keys, ``method``/``backbone``/``dataset``
 and their fully defaulted parameters (``methods.NAME``, ...) for exactly the plugins the run

@@ -63,7 +63,7 @@ def prepare(ref: str, registry: Registry, *, overrides: dict[str, Any] | None = 
     if not runs:
         raise UserError(f"grid {grid.name!r} expands to no runs (check [[exclude]])")
     schema = row_schema(runs, registry)
-    from .tables import canon
+    from .tables import canon, coverage_filter, coverage_per_column
 
     flats = [run.flat() for run in runs]
     for table in grid.tables:
@@ -71,9 +71,15 @@ def prepare(ref: str, registry: Registry, *, overrides: dict[str, Any] | None = 
         chosen = [f for f in flats if all(canon(f.get(k)) == canon(v) for k, v in table.where.items())]
         if not chosen:
             raise UserError(f"grid {grid.name!r}: table {table.name!r}: no run matches where = {table.where}")
+        # a "{column}" in a coverage filter is each of the table's column labels in turn
+        columns = (list(dict.fromkeys(canon(f.get(table.columns)) for f in chosen)) if coverage_per_column(table)
+                   else [None])
         for key, filt in table.coverage.items():
-            if not any(all(canon(f.get(k)) == canon(v) for k, v in filt.items()) for f in flats):
-                raise UserError(f"grid {grid.name!r}: table {table.name!r}: no run matches coverage.{key} = {filt}")
+            for column in columns:
+                wanted = coverage_filter(filt, column)
+                if not any(all(canon(f.get(k)) == canon(v) for k, v in wanted.items()) for f in flats):
+                    raise UserError(f"grid {grid.name!r}: table {table.name!r}: no run matches coverage.{key} = {filt}"
+                                    + (f" for column {column!r}" if column is not None else ""))
         for axis in (table.rows, table.columns):
             if not all(axis in flat for flat in chosen):
                 raise UserError(f"grid {grid.name!r}: table {table.name!r} refers to {axis!r}, which is not a "

@@ -189,12 +189,31 @@ def describe(spec: TableSpec, excluded: dict[str, int], choices: dict | None = N
     return text
 
 
-def coverage_bounds(spec: TableSpec, runs: list[Run], rows: pd.DataFrame) -> dict[str, tuple[float, int]]:
+#: a coverage filter value that stands for the cell's column label (one bound per column)
+COLUMN = "{column}"
+
+
+def coverage_per_column(spec: TableSpec) -> bool:
+    """Whether ``spec.coverage`` has a bound per column: some filter value is ``"{column}"``
+    (e.g. ``target = "{column}"`` in a table whose columns are the targets of several domain
+    pairs); otherwise one source-only and one target-only value serve every column."""
+    return any(v == COLUMN for filt in spec.coverage.values() for v in filt.values())
+
+
+def coverage_filter(filt: dict, column: str | None) -> dict:
+    """A coverage filter with ``"{column}"`` replaced by the column label ``column``."""
+    return {k: column if v == COLUMN and column is not None else v for k, v in filt.items()}
+
+
+def coverage_bounds(spec: TableSpec, runs: list[Run], rows: pd.DataFrame,
+                    column: str | None = None) -> dict[str, tuple[float, int]]:
     """Source-only and target-only values for ``spec.coverage``: the table's statistic over the
-    runs matching each filter (whatever the table's own ``where``), and how many there were."""
+    runs matching each filter (whatever the table's own ``where``; ``"{column}"`` in a filter
+    standing for ``column``), and how many there were."""
     out = {}
     for key, filt in spec.coverage.items():
-        bound = dataclasses.replace(spec, where=filt, select="", coverage={}, rows="seed", columns="seed")
+        bound = dataclasses.replace(spec, where=coverage_filter(filt, column), select="", coverage={}, rows="seed",
+                                    columns="seed")
         _, _, cells, _, _ = cell_values(bound, runs, rows)
         values = np.concatenate([v for v in cells.values()] or [np.array([])])
         out[key] = (statistic(values, spec)[0], len(values))
@@ -205,7 +224,12 @@ def table_frame(spec: TableSpec, runs: list[Run], rows: pd.DataFrame, *, compare
                 show_n: bool = False) -> tuple[pd.DataFrame, str]:
     """The table as a DataFrame of cell strings, and its description line."""
     row_labels, col_labels, cells, excluded, choices = cell_values(spec, runs, rows)
-    bounds = coverage_bounds(spec, runs, rows) if spec.coverage else {}
+    bounds: dict[str, dict[str, tuple[float, int]]] = {}  # column -> source_only/target_only -> (value, n)
+    if spec.coverage and coverage_per_column(spec):
+        bounds = {c: coverage_bounds(spec, runs, rows, c) for c in col_labels}
+    elif spec.coverage:
+        shared = coverage_bounds(spec, runs, rows)
+        bounds = {c: shared for c in col_labels}
     reference = {}
     if compare:
         if spec.reference is None:
@@ -219,7 +243,7 @@ def table_frame(spec: TableSpec, runs: list[Run], rows: pd.DataFrame, *, compare
             centre, spread = statistic(values, spec)
             ours = format_cell(centre, spread, spec.format, len(values) if show_n else None)
             if bounds:
-                (so, _), (to, _) = bounds["source_only"], bounds["target_only"]
+                (so, _), (to, _) = bounds[c]["source_only"], bounds[c]["target_only"]
                 gap = to - so  # must point the metric's better way: target only beats source only
                 better = gap > 0 if higher_is_better(spec.metric) else gap < 0
                 covered = 100.0 * (centre - so) / gap + 0.0 if better else float("nan")  # + 0.0: no "-0.0"
@@ -238,8 +262,17 @@ def table_frame(spec: TableSpec, runs: list[Run], rows: pd.DataFrame, *, compare
         frame = frame[[c for c in frame.columns if not c.endswith(" coverage %")]
                       + [c for c in frame.columns if c.endswith(" coverage %")]]
     note = describe(spec, excluded, choices)
-    if bounds:
-        (so, n_so), (to, n_to) = bounds["source_only"], bounds["target_only"]
+    if bounds and coverage_per_column(spec):
+        per = "; ".join(f"{c}: source only = {format_cell(b['source_only'][0], math.nan, spec.format)} "
+                        f"({b['source_only'][1]} runs), target only = "
+                        f"{format_cell(b['target_only'][0], math.nan, spec.format)} ({b['target_only'][1]} runs)"
+                        for c, b in bounds.items())
+        note += (f" Coverage = (cell - source only) / (target only - source only), in %, per column ({COLUMN} = the "
+                 f"column): source only = runs matching {spec.coverage['source_only']}, target only = runs matching "
+                 f"{spec.coverage['target_only']}, the same statistic; {per}; undefined (—) unless target only is "
+                 f"better than source only.")
+    elif bounds:
+        (so, n_so), (to, n_to) = next(iter(bounds.values()))["source_only"], next(iter(bounds.values()))["target_only"]
         note += (f" Coverage = (cell - source only) / (target only - source only), in %: source only = "
                  f"{format(so, spec.format)} ({n_so} runs matching {spec.coverage['source_only']}), target only = "
                  f"{format(to, spec.format)} ({n_to} runs matching {spec.coverage['target_only']}), the same "

@@ -10,6 +10,7 @@ from ssl_bench.runner import prepare, run_grid
 from ssl_bench.tables import table_frame
 from test_cifar import write_cifar10, write_cifar100
 from test_datasets import write_idx_set, write_stl10, write_svhn
+from test_da_datasets import write_bsds500, write_gtsrb, write_synth_digits, write_synth_signs
 
 
 import numpy as np
@@ -19,6 +20,10 @@ from ssl_bench.data import check_counts
 
 #: CCLP Fig. 4's chain lengths S
 CHAINS = ["1", "2", "3", "4", "5", "6", "8", "10", "15"]
+
+#: the targets of the four domain pairs of associative DA's Table 2 (one column each) and their coverage
+DA_TARGETS = ["mnist_m", "svhn", "mnist_32_rgb", "gtsrb"]
+DA_COVERAGE = [f"{t} coverage %" for t in DA_TARGETS]
 
 # table -> (rows, columns) as the paper prints them
 SHAPES = {
@@ -52,6 +57,11 @@ SHAPES = {
                                              ["fashion_mnist_m", "fashion_mnist_m coverage %"]),
     ("da_fashion_mnist_m", "mmd"): (["supervised", "assoc_da", "mmd_da", "dann"], ["fashion_mnist_m"]),
     ("da_fashion_mnist_m", "target_only"): (["supervised"], ["fashion_mnist_m"]),
+    ("da_table2", "table2"): (["supervised", "dann", "mmd_da", "assoc_da"], DA_TARGETS + DA_COVERAGE),
+    ("da_table2", "table2_tuned"): (["assoc_da"], DA_TARGETS + DA_COVERAGE),
+    ("da_table2", "table2_target_only"): (["supervised"], DA_TARGETS),
+    ("da_mmd_table3", "table3"): (["supervised", "assoc_da", "mmd_da"], DA_TARGETS),
+    ("da_mmd_table3", "table3_errors"): (["supervised", "assoc_da", "mmd_da"], DA_TARGETS),
     ("baselines_fashion_mnist", "baselines"): (
         ["supervised", "entmin", "pi_model", "temporal_ensembling", "mean_teacher", "vat", "mixup", "mixmatch",
          "fixmatch", "pseudo_label", "lba", "cclp"], ["100"]),
@@ -75,6 +85,12 @@ def data_dir(tmp_path_factory):
     write_stl10(root / "stl10" / "stl10_binary", n_train=1_000, n_test=50, n_unlabeled=40)
     write_cifar10(root / "cifar10" / "cifar-10-batches-py", n_train=6_000, n_test=50)
     write_cifar100(root / "cifar100" / "cifar-100-python", n_train=1_000, n_test=50)
+    # the domain-adaptation pairs (da_table2, da_mmd_table3): SynthDigits .mat, Synthetic Signs
+    # PNGs + labelling, GTSRB ppm folders + GT csv, BSDS500 photos for MNIST-M
+    write_synth_digits(root / "synth_digits", n_train=200, n_test=50)
+    write_synth_signs(root / "synth_signs", per_class=3)
+    write_gtsrb(root / "gtsrb", train_per_class=2, n_test=50)
+    write_bsds500(root / "bsds500")
     return root
 
 
@@ -115,7 +131,7 @@ def test_paper_grids_have_the_papers_run_counts(registry, tmp_path):
                 "cclp_table1": 180, "cclp_steps": 600, "cclp_steps_fashion_mnist": 100, "cclp_steps_digits": 100,
                 "baselines_digits": 340, "baselines_cifar10_table3_1": 60, "baselines_svhn_table3_2": 60,
                 "baselines_convnet13_table3_3": 30, "fixmatch_table2": 45, "baselines_fashion_mnist": 36,
-                "da_fashion_mnist_m": 25}
+                "da_fashion_mnist_m": 25, "da_table2": 240, "da_mmd_table3": 60}
     for grid, n in expected.items():
         assert len(prepare(grid, registry, data_dir=tmp_path, data="skip").runs) == n, grid
 

@@ -697,3 +697,59 @@ def test_coverage_settings_are_checked(tmp_path, registry):
     none = COVERAGE_GRID.replace('target_only = { task = "ssl" }', 'target_only = { method = "vat" }')
     with pytest.raises(UserError, match=r"no run matches coverage\.target_only = \{'method': 'vat'\}"):
         prepare(str(write_grid(tmp_path, none)), registry, data_dir=tmp_path, data="skip")
+
+
+PAIRS_GRID = """
+name = "pairs"
+[base]
+backbone = "lba_convnet"
+n_labeled = 100
+[[zip]]
+method = ["supervised", "lba", "supervised", "supervised", "lba", "supervised"]
+task = ["domain_adaptation", "domain_adaptation", "ssl", "domain_adaptation", "domain_adaptation", "ssl"]
+dataset = ["digits", "digits", "digits_inverted", "digits_inverted", "digits_inverted", "digits"]
+target = ["digits_inverted", "digits_inverted", "", "digits", "digits", ""]
+[axes]
+seed = [0, 1, 2]
+[[table]]
+name = "da"
+rows = "method"
+columns = "target"
+where = { task = "domain_adaptation" }
+coverage = { source_only = { method = "supervised", task = "domain_adaptation", target = "{column}" }, target_only = { task = "ssl", dataset = "{column}" } }
+"""
+
+
+def test_coverage_per_column_uses_each_pairs_own_bounds(registry):
+    """Two domain pairs in one table: "{column}" in the coverage filters gives each column its
+    own source-only and target-only values (pooled bounds would mix the pairs)."""
+    grid, runs = grid_of(PAIRS_GRID, registry)
+    assert len(runs) == 18
+    by_run = {("supervised", "domain_adaptation", "digits_inverted"): [29.0, 30.0, 31.0],
+              ("lba", "domain_adaptation", "digits_inverted"): [15.0] * 3,
+              ("supervised", "ssl", "digits_inverted"): [10.0] * 3,
+              ("supervised", "domain_adaptation", "digits"): [60.0] * 3,
+              ("lba", "domain_adaptation", "digits"): [35.0] * 3,
+              ("supervised", "ssl", "digits"): [10.0] * 3}
+    rows = pd.DataFrame([{"run_id": r.run_id, "status": "ok",
+                          "test_error": by_run[(r.flat()["method"], r.flat()["task"],
+                                                r.flat()["target"] or r.flat()["dataset"])][r.flat()["seed"]]}
+                         for r in runs])
+    frame, note = table_frame(grid.tables[0], runs, rows)
+    assert list(frame.columns) == ["digits_inverted", "digits", "digits_inverted coverage %", "digits coverage %"]
+    assert frame.loc["lba", "digits_inverted coverage %"] == "75.0"  # (15 - 30) / (10 - 30)
+    assert frame.loc["lba", "digits coverage %"] == "50.0"  # (35 - 60) / (10 - 60)
+    assert frame.loc["supervised", "digits coverage %"] == "0.0"
+    assert "digits_inverted: source only = 30.00 (3 runs), target only = 10.00 (3 runs)" in note
+    assert "digits: source only = 60.00 (3 runs), target only = 10.00 (3 runs)" in note
+
+
+def test_coverage_per_column_needs_bounds_for_every_column(tmp_path, registry):
+    from ssl_bench.runner import prepare
+
+    # the second pair's target-only run trains on the wrong data set: column "digits" has no bound
+    text = PAIRS_GRID.replace(
+        'dataset = ["digits", "digits", "digits_inverted", "digits_inverted", "digits_inverted", "digits"]',
+        'dataset = ["digits", "digits", "digits_inverted", "digits_inverted", "digits_inverted", "digits_inverted"]')
+    with pytest.raises(UserError, match=r"no run matches coverage\.target_only = .* for column 'digits'"):
+        prepare(str(write_grid(tmp_path, text)), registry, data_dir=tmp_path, data="skip")

@@ -14,6 +14,16 @@ per-channel mean/std (0-1 scale, population std) are computed from the training 
 used, so they differ with ``extra``. ``normalisation = "per_image"`` instead standardises each
 image on its own as the LbA authors' code does (``per_image_standardise``).
 
+``extra_count`` (default "all"; only with ``extra = true``) appends that many extra images instead
+of all 531,131: associative deep clustering trains on "the training set combined with 150,000
+images from the additional, unlabeled set" (Haeusser et al. 2018, §3.5), i.e. ``extra = true``,
+``extra_count = 150000``. Which ones: a uniform draw without replacement,
+``numpy.random.default_rng(extra_seed).choice(531131, extra_count, replace=False)``, appended in
+file order (sorted indices); ``extra_seed`` (default 0) is a data-set parameter, so the subset is
+fixed per grid and part of the run id rather than varying with the run's seed (the ADC authors'
+loader, ``semisup/tools/svhn.py`` of jplapp/associative_deep_clustering, draws its subset with an
+unseeded ``RandomState``). Both keys stay out of run ids at their defaults.
+
 Where the files are looked for: ``DATA_DIR/svhn/`` (see ``files.py``). ``ssl-bench data download
 svhn`` fetches all three files (train 182 MB, test 64 MB, extra 1.3 GB) from the official site,
 md5-verified; URLs and md5 sums are torchvision's (``torchvision/datasets/svhn.py``,
@@ -31,7 +41,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from ssl_bench import DatasetSpec, ImageDataset, UserError, hookimpl
+from ssl_bench import ALL, Count, DatasetSpec, ImageDataset, UserError, hookimpl, hyperparameter
 from ssl_bench_plugins.augment.pipelines import weak_without_flip
 from ssl_bench_plugins.datasets import files
 
@@ -52,8 +62,12 @@ def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return svhn_augment(x, generator)
 
 
-def read_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """One SVHN .mat file as (uint8 N x 3 x H x W images, int64 labels 0..9); UserError if malformed."""
+def read_mat(path: Path, labels: tuple[int, int] = (1, 10)) -> tuple[np.ndarray, np.ndarray]:
+    """One SVHN-format .mat file as (uint8 H x W x 3 x N images in MATLAB's layout, int64 labels
+    0..9); UserError if malformed. ``labels``: the range the stored labels must lie in (SVHN:
+    1..10, 10 = the digit 0; SynthDigits, released in the same format, is read with (0, 10): the
+    LbA authors' loader maps its labels by ``% 10`` as well, so both 0 and 10 mean the digit 0);
+    either way they map to 0..9 by ``y % 10``."""
     import scipy.io
 
     try:
@@ -69,8 +83,9 @@ def read_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:
     y = np.asarray(y).reshape(-1)
     if len(y) != x.shape[3]:
         raise UserError(f"{path}: X has {x.shape[3]} images but y has {len(y)} labels")
-    if len(y) and (y.min() < 1 or y.max() > 10):
-        raise UserError(f"{path}: labels must be 1..10 (10 = digit 0), found {y.min()}..{y.max()}")
+    low, high = labels
+    if len(y) and (y.min() < low or y.max() > high):
+        raise UserError(f"{path}: labels must be {low}..{high} (10 = digit 0), found {y.min()}..{y.max()}")
     return x, (y.astype(np.int64) % 10)
 
 
@@ -91,14 +106,36 @@ def per_image_standardise(x: torch.Tensor) -> torch.Tensor:
     return (x - mean) / (variance + 1e-5)
 
 
-def load_svhn(data_dir, extra: bool = False, normalisation: Literal["dataset", "per_image"] = "dataset") -> ImageDataset:
+#: declared with ``since`` so that runs leaving them at their defaults keep their ids
+EXTRA_COUNT = hyperparameter(ALL, since="0.2")
+EXTRA_SEED = hyperparameter(0, since="0.2")
+
+
+def _extra_subset(n_extra: int, extra_count, extra_seed: int) -> np.ndarray | None:
+    """Sorted indices of the ``extra_count`` extra images to use (None: all of them)."""
+    if extra_count == ALL:
+        return None
+    if extra_count > n_extra:
+        raise UserError(f"datasets.{NAME}.extra_count = {extra_count} but the extra set has only {n_extra} images")
+    return np.sort(np.random.default_rng(extra_seed).choice(n_extra, extra_count, replace=False))
+
+
+def load_svhn(data_dir, extra: bool = False, normalisation: Literal["dataset", "per_image"] = "dataset",
+              extra_count: Count = EXTRA_COUNT, extra_seed: int = EXTRA_SEED) -> ImageDataset:
+    extra_count = ALL if extra_count is EXTRA_COUNT else extra_count  # called directly, not through a grid
+    extra_seed = 0 if extra_seed is EXTRA_SEED else extra_seed
+    if extra_count != ALL and not extra:
+        raise UserError(f"datasets.{NAME}.extra_count = {extra_count} needs extra = true (it subsets the extra set)")
     dirs = files.search_dirs(NAME, data_dir)
     needed = ["train_32x32.mat", "test_32x32.mat"] + (["extra_32x32.mat"] if extra else [])
     paths = files.find_files(NAME, dirs, needed, files.how_to_get(NAME, data_dir, f"or copy them there from {URL}"))
     tx, train_y = read_mat(paths[0])
     parts = [(tx, train_y)]
     if extra:
-        parts.append(read_mat(paths[2]))
+        ex, ey = read_mat(paths[2])
+        keep = _extra_subset(len(ey), extra_count, extra_seed)
+        parts.append((ex, ey) if keep is None else (ex[:, :, :, keep], ey[keep]))
+        del ex, ey
     h, w = tx.shape[:2]
     if any(p[0].shape[:3] != (h, w, 3) for p in parts):
         raise UserError(f"{NAME}: the training and extra images differ in size")
@@ -140,5 +177,6 @@ def download_svhn(data_dir) -> None:
 
 @hookimpl
 def ssl_bench_datasets():
-    return [DatasetSpec(NAME, load_svhn, "SVHN cropped digits (3x32x32, 73,257/26,032; extra=true adds 531,131); "
+    return [DatasetSpec(NAME, load_svhn, "SVHN cropped digits (3x32x32, 73,257/26,032; extra=true adds 531,131, "
+                                         "extra_count=N a seeded N of them); "
                                          "`ssl-bench data download svhn`", download=download_svhn)]
