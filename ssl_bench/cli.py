@@ -9,14 +9,15 @@ from pathlib import Path
 from .errors import UserError
 
 
-def _parse_sets(pairs: list[str]) -> dict:
+def _parse_sets(pairs: list[str], flag: str = "--set") -> dict:
     from .grid import parse_value
 
     overrides = {}
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
-            raise UserError(f"--set {pair!r}: expected KEY=VALUE, e.g. --set steps=100")
+            example = "steps=100" if flag == "--set" else "n=200"
+            raise UserError(f"{flag} {pair!r}: expected KEY=VALUE, e.g. {flag} {example}")
         overrides[key.strip()] = parse_value(value.strip())
     return overrides
 
@@ -187,7 +188,7 @@ def cmd_figure(args) -> int:
     reg, prepared = _prepare(args)
     path = figure_for_run(prepared, reg, args.run, args.kind, out=Path(args.out), device=device, train=args.train,
                           path=Path(args.png) if args.png else None,
-                          log=lambda msg: print(msg, file=sys.stderr))
+                          log=lambda msg: print(msg, file=sys.stderr), args=_parse_sets(args.arg, "--arg"))
     print(path)
     return 0
 
@@ -244,12 +245,28 @@ def cmd_data(args) -> int:
     from .registry import registry
 
     spec = registry().dataset(args.name)
+    if args.data_command == "build":
+        return _data_build(spec, args)
     if spec.download is None:
         print(f"{args.name}: nothing to download ({spec.help})")
         return 0
     root = default_data_dir(args.data_dir)
     spec.download(root)
     print(f"{args.name}: files present and verified under {root}")
+    return 0
+
+
+def _data_build(spec, args) -> int:
+    """``ssl-bench data build NAME [--set KEY=VALUE]``: the data set's ``build(data_dir, **params)``
+    with its parameters (those of ``load``) validated first; prints what the build reports."""
+    from .data import default_data_dir
+    from .params import validate
+
+    if spec.build is None:
+        print(f"{args.name}: nothing to build (it is read from its files as they are; {spec.help})")
+        return 0
+    params = validate(spec.params, _parse_sets(args.set), f"datasets.{args.name}.")
+    print(spec.build(default_data_dir(args.data_dir), **params))
     return 0
 
 
@@ -329,12 +346,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_table)
 
     p = sub.add_parser("figure", help="draw a qualitative figure of a trained run as PNG")
-    p.add_argument("kind", help="neighbours (any method), association (lba), ...")
+    p.add_argument("kind", help="neighbours, tsne (any run), association (lba), ...")
     grid_args(p)
     p.add_argument("--run", required=True, help="run id (or a unique prefix) of the grid")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--train", action="store_true", help="train the run now if its network was not saved")
     p.add_argument("--png", help="output file (default: OUT/GRID/figures/RUN_KIND.png)")
+    p.add_argument("--arg", action="append", metavar="KEY=VALUE", default=[],
+                   help="a setting of the figure, e.g. --arg n=200 --arg perplexity=20 (tsne: test embeddings "
+                        "per domain, default 1000; t-SNE perplexity, default 35) or --arg queries=4 (neighbours)")
     p.set_defaults(func=cmd_figure)
 
     p = sub.add_parser("plot", help="plot a metric against a setting as PNG (one line per --series value)")
@@ -357,6 +377,12 @@ def build_parser() -> argparse.ArgumentParser:
     d = dsub.add_parser("download", help="download and verify a data set's files")
     d.add_argument("name")
     d.add_argument("--data-dir")
+    d.set_defaults(func=cmd_data)
+    d = dsub.add_parser("build", help="build a derived data set's files once (e.g. mnist_m), with a checksum manifest")
+    d.add_argument("name")
+    d.add_argument("--data-dir", help="data root (default: $SSL_BENCH_DATA, then ~/.cache/ssl-bench)")
+    d.add_argument("--set", action="append", metavar="KEY=VALUE", default=[],
+                   help="a parameter of the data set, e.g. --set seed=1 (see `ssl-bench list datasets -v`)")
     d.set_defaults(func=cmd_data)
     return parser
 

@@ -78,6 +78,10 @@ class DatasetSpec:
     help: str = ""
     #: ``download(data_dir)`` fetches and verifies the files; None if nothing needs downloading
     download: Callable[[Path], None] | None = None
+    #: ``build(data_dir, **params) -> str`` writes a derived data set's files once (``ssl-bench
+    #: data build NAME``; ``params`` are ``load``'s, validated) and returns a report of what it
+    #: wrote (paths, checksums); ``load`` then reads them. None if the data set is not built
+    build: Callable[..., str] | None = None
 
     @property
     def params(self) -> list[Param]:

@@ -176,7 +176,9 @@ class Method:
     @classmethod
     def figures(cls) -> dict[str, Any]:
         """The method's qualitative figures for ``ssl-bench figure KIND``: name -> function
-        ``draw(view: ssl_bench.figures.FigureView) -> matplotlib.figure.Figure``."""
+        ``draw(view: ssl_bench.figures.FigureView, **keywords) -> matplotlib.figure.Figure``;
+        typed keywords with defaults are the figure's settings (``--arg KEY=VALUE``). The core's
+        kinds (``neighbours``, ``tsne``) are every run's."""
         return {}
 
 

@@ -83,3 +83,104 @@ def test_rgb_sources_and_their_random_inversion(tmp_path):
 def test_mnist_m_without_bsds500_says_where_to_put_it(tmp_path):
     with pytest.raises(UserError, match=r"mnist_m needs the BSDS500 photos: no train/\*\.jpg .*bsds500"):
         mnist_m.load_mnist_m(tmp_path)
+
+
+# ------------------------------------------------------------------ built files (`ssl-bench data build`)
+def write_photos(root, n_train=2, n_test=2):
+    """Tiny BSDS500-like folders: ``root/bsds500/{train,test}/*.jpg`` (40 x 50 RGB noise)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(5)
+    for split, n in (("train", n_train), ("test", n_test)):
+        folder = root / "bsds500" / split
+        folder.mkdir(parents=True)
+        for k in range(n):
+            Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(folder / f"{k}.jpg")
+
+
+def test_build_writes_idx_files_with_a_manifest_and_loading_them_gives_the_same_bytes(tmp_path):
+    import json
+    import shutil
+
+    from ssl_bench_plugins.datasets import files
+    from ssl_bench_plugins.datasets.mnist import parse_idx
+    from test_datasets import idx_bytes
+
+    write_idx_set(tmp_path / "mnist", n_train=30, n_test=12)
+    write_photos(tmp_path)
+    made = mnist_m.make_mnist_m(tmp_path, seed=3)
+    report = mnist_m.build_mnist_m(tmp_path, seed=3)
+    folder = tmp_path / "mnist_m" / "seed3"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["dataset"] == "mnist_m" and manifest["seed"] == 3 and manifest["description"] == made.description
+    assert sorted(manifest["files"]) == sorted(mnist_m.BUILT_FILES)
+    for name, entry in manifest["files"].items():
+        digest = files.file_digest(folder / name, "sha256")
+        assert entry["sha256"] == digest and f"{digest}  {folder / name}" in report  # printed, sha256sum style
+        assert entry["bytes"] == (folder / name).stat().st_size
+    # genuine idx files: MNIST's reader parses them; the images are the blended set, N x 3 x 28 x 28
+    raw = (folder / "train-images-idx4-ubyte").read_bytes()
+    assert raw[:4] == b"\x00\x00\x08\x04" and raw == idx_bytes(made.train_x.numpy())
+    assert np.array_equal(parse_idx((folder / "t10k-labels-idx1-ubyte").read_bytes()), made.test_y.numpy())
+    # the loader reads them: the same bytes as building on load, self-contained (no MNIST, no photos)
+    shutil.rmtree(tmp_path / "mnist")
+    shutil.rmtree(tmp_path / "bsds500")
+    built = mnist_m.load_mnist_m(tmp_path, seed=3)
+    for field in ("train_x", "train_y", "test_x", "test_y"):
+        assert torch.equal(getattr(built, field), getattr(made, field)), field
+    assert built.train_y.dtype == torch.int64 and (built.mean, built.std) == (made.mean, made.std)
+    assert built.pipelines == made.pipelines and built.augment is made.augment
+    assert built.description.startswith(made.description) and str(folder) in built.description
+    # another seed is not built: built on load, which needs the sources again
+    with pytest.raises(UserError, match="mnist_m needs the BSDS500 photos"):
+        mnist_m.load_mnist_m(tmp_path, seed=4)
+
+
+def test_build_is_byte_identical_for_a_seed_and_replaces_an_older_build(tmp_path):
+    write_idx_set(tmp_path / "fashion_mnist", n_train=20, n_test=10)
+    first = mnist_m.build_fashion_mnist_m(tmp_path)
+    assert mnist_m.build_fashion_mnist_m(tmp_path) == first  # same paths, same sha256
+    assert sorted(p.name for p in (tmp_path / "fashion_mnist_m").iterdir()) == ["seed0"]  # no temporaries left
+    assert mnist_m.build_fashion_mnist_m(tmp_path, seed=1).split("\n")[1:] != first.split("\n")[1:]
+    assert torch.equal(mnist_m.load_fashion_mnist_m(tmp_path).test_x, mnist_m.make_fashion_mnist_m(tmp_path).test_x)
+
+
+def test_a_corrupt_or_missing_built_file_is_one_clear_error(tmp_path):
+    write_idx_set(tmp_path / "fashion_mnist", n_train=20, n_test=10)
+    mnist_m.build_fashion_mnist_m(tmp_path)
+    folder = tmp_path / "fashion_mnist_m" / "seed0"
+    images = folder / "train-images-idx4-ubyte"
+    raw = bytearray(images.read_bytes())
+    raw[100] ^= 0xFF
+    images.write_bytes(bytes(raw))
+    with pytest.raises(UserError, match=r"built fashion_mnist_m: .*train-images-idx4-ubyte has sha256 [0-9a-f]{64}, "
+                                        r"but .*manifest.json says [0-9a-f]{64}: the file is corrupt or was changed "
+                                        r"since it was built; rebuild it with `ssl-bench data build fashion_mnist_m "
+                                        r"--set seed=0"):
+        mnist_m.load_fashion_mnist_m(tmp_path)
+    mnist_m.build_fashion_mnist_m(tmp_path)  # a rebuild repairs it
+    assert mnist_m.load_fashion_mnist_m(tmp_path).train_x.shape == (20, 3, 28, 28)
+    (folder / "t10k-labels-idx1-ubyte").unlink()
+    with pytest.raises(UserError, match=r"t10k-labels-idx1-ubyte is missing \(listed in .*manifest.json\)"):
+        mnist_m.load_fashion_mnist_m(tmp_path)
+    (folder / "manifest.json").write_text("{not json")
+    with pytest.raises(UserError, match=r"manifest.json: not a manifest of a built fashion_mnist_m"):
+        mnist_m.load_fashion_mnist_m(tmp_path)
+    (folder / "manifest.json").unlink()  # no manifest: built on load as before
+    assert mnist_m.load_fashion_mnist_m(tmp_path).train_x.shape == (20, 3, 28, 28)
+
+
+def test_data_build_command(tmp_path):
+    from conftest import cli
+
+    write_idx_set(tmp_path / "fashion_mnist", n_train=20, n_test=10)
+    proc = cli("data", "build", "fashion_mnist_m", "--data-dir", str(tmp_path), "--set", "seed=2")
+    assert proc.returncode == 0, proc.stderr
+    folder = tmp_path / "fashion_mnist_m" / "seed2"
+    lines = proc.stdout.splitlines()
+    assert lines[0] == f"fashion_mnist_m (seed 2): 20 train / 10 test images written to {folder}"
+    assert len(lines) == 6 and lines[-1] == f"manifest: {folder / 'manifest.json'}"
+    proc = cli("data", "build", "fashion_mnist_m", "--data-dir", str(tmp_path), "--set", "seed=x")
+    assert proc.returncode == 2 and "datasets.fashion_mnist_m.seed must be an int, got 'x'" in proc.stderr
+    proc = cli("data", "build", "digits", "--data-dir", str(tmp_path))
+    assert proc.returncode == 0 and proc.stdout.startswith("digits: nothing to build")

@@ -1,5 +1,6 @@
 """Shared helpers of the file-based data-set plugins (no hooks here): where files are looked
-for, a checksummed download, archive extraction, and per-channel statistics.
+for, a checksummed download, archive extraction, per-channel statistics, and image decoding and
+bilinear resizing with PIL (with a sha256 of the arrays read, for releases without checksums).
 
 Where a data set's files are looked for
     ``data_dir / NAME`` first, where ``data_dir`` is what ``load`` receives (the core resolves it:
@@ -219,3 +220,50 @@ def channel_stats(images: np.ndarray, chunk: int = 4096) -> tuple[tuple[float, .
     mean = tuple(s / (n * 255.0) for s in s1)
     std = tuple(((n * q - s * s) ** 0.5) / (n * 255.0) for s, q in zip(s1, s2))  # exact integer variance
     return mean, std
+
+
+# --------------------------------------------------------------------------- images
+def resize_bilinear(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """uint8 N x C x H x W (C = 1 or 3) -> uint8 N x C x size[0] x size[1], each image resized by
+    PIL's ``Image.resize(..., BILINEAR)`` (a triangle filter whose support grows with the
+    downscaling factor, so shrinking averages rather than skips pixels; enlarging is plain
+    bilinear interpolation between pixel centres), as the LbA authors' preprocessing does."""
+    from PIL import Image
+
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(f"expected uint8 N x 1|3 x H x W, got {images.dtype} {images.shape}")
+    h, w = size
+    out = np.empty((len(images), images.shape[1], h, w), dtype=np.uint8)
+    for i, image in enumerate(images):
+        pil = Image.fromarray(image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0))
+        resized = np.asarray(pil.resize((w, h), Image.BILINEAR))  # PIL sizes are (width, height)
+        out[i] = resized[None] if resized.ndim == 2 else resized.transpose(2, 0, 1)
+    return out
+
+
+def pil_rgb(path: str | os.PathLike, size: tuple[int, int], box: tuple[int, int, int, int] | None = None) -> np.ndarray:
+    """An image file (any format PIL reads: PNG, PPM, ...) as uint8 3 x size[0] x size[1]: converted
+    to RGB, cropped to ``box`` = (left, upper, right, lower) in PIL's convention (right and lower
+    exclusive) if given, then resized with PIL's BILINEAR filter. UserError naming the file if PIL
+    cannot read it."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image = image.convert("RGB")
+    except (OSError, UnidentifiedImageError, ValueError) as exc:
+        raise UserError(f"{path}: cannot read the image ({type(exc).__name__}: {exc})") from exc
+    if box is not None:
+        image = image.crop(box)
+    h, w = size
+    return np.asarray(image.resize((w, h), Image.BILINEAR)).transpose(2, 0, 1)
+
+
+def arrays_sha256(*arrays: np.ndarray) -> str:
+    """sha256 of the arrays' bytes in order (C order; dtype and shape are not hashed): the
+    fingerprint of what a loader read, for data sets whose released files have no published
+    checksum."""
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(np.ascontiguousarray(a).data)  # the buffer itself: no copy of a large array
+    return h.hexdigest()

@@ -4,10 +4,10 @@
 
 The recipe (Ganin et al. 2016, §5.2.2 "MNIST -> MNIST-M"; the ADA dissertation, ch. 4): each
 grey 28 x 28 image is blended with a random 28 x 28 patch of a random natural photo by the
-absolute difference per colour channel, out = |patch - digit|. Built here on load, seeded by
-the data set's ``seed`` parameter (default 0; the same seed gives the same bytes, whose sha256
-is in the data set's description), training images from one set of photos and test images from
-another, disjoint set:
+absolute difference per colour channel, out = |patch - digit|. Built seeded by the data set's
+``seed`` parameter (default 0; the same seed gives the same bytes, whose sha256 is in the data
+set's description), training images from one set of photos and test images from another,
+disjoint set, either on load or once by ``ssl-bench data build NAME`` (below):
 
 - ``mnist_m``: MNIST (``DATA_DIR/mnist``) on the BSDS500 photos the original used
   (``DATA_DIR/bsds500/``: the archive's ``BSR/BSDS500/data/images/train/*.jpg`` for training
@@ -18,6 +18,27 @@ another, disjoint set:
   for test images. Two photos are far fewer than BSDS500's 500, so the backgrounds are less
   varied than MNIST-M's: an offline stand-in with the same recipe, not MNIST-M's difficulty.
 
+Built files (``ssl-bench data build mnist_m`` / ``fashion_mnist_m`` [``--set seed=S``]): the
+blended set of seed S is written to ``DATA_DIR/NAME/seedS/`` in MNIST's idx format (LeCun et
+al., "THE IDX FILE FORMAT"; see ``mnist.py``), uncompressed, so the same seed gives
+byte-identical files:
+
+- ``train-images-idx4-ubyte``, ``t10k-images-idx4-ubyte``: magic ``00 00 08 04`` (unsigned
+  bytes, 4 dimensions), the big-endian uint32 dimensions N, 3, 28, 28, then the pixels in C
+  order (N x C x H x W, as the data set holds them);
+- ``train-labels-idx1-ubyte``, ``t10k-labels-idx1-ubyte``: magic ``00 00 08 01``, N, then one
+  byte per label;
+- ``manifest.json``: the data set, seed, the data set's description (recipe, sources, the
+  images' digest), the format, and each file's size and sha256 (also printed by the build).
+
+The files are written into a temporary folder renamed into place, manifest last. ``load``
+reads them when ``DATA_DIR/NAME/seedS/manifest.json`` exists, after checking every file's
+sha256 against the manifest (about half a second for MNIST-M's 165 MB): a missing, changed or
+corrupt file is a UserError naming it and how to rebuild; without a manifest the set is built
+on load as before. The bytes are the same either way (tested), so results do not depend on
+which path loaded them. A built set is self-contained: loading it needs neither MNIST nor the
+photos.
+
 ``mnist_rgb`` / ``fashion_mnist_rgb``: the grey images replicated to 3 channels, the source
 side of these pairs (a domain-adaptation run needs one image shape). Their standard
 augmentation (``augment = true``) is a random inversion of each image (probability 0.5), the
@@ -26,14 +47,29 @@ dissertation's only augmentation for MNIST -> MNIST-M ("MNIST ... randomly inver
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import shutil
+import struct
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ssl_bench import DatasetSpec, ImageDataset, UserError, hookimpl
+from ssl_bench_plugins.augment.pipelines import weak_without_flip
 from ssl_bench_plugins.datasets import files
-from ssl_bench_plugins.datasets.mnist import load_fashion_mnist, load_mnist
+from ssl_bench_plugins.datasets.mnist import load_fashion_mnist, load_mnist, read_idx
+
+#: the built files of one seed, in ``DATA_DIR/NAME/seedS/`` (module docstring)
+BUILT_FILES = ("train-images-idx4-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx4-ubyte",
+               "t10k-labels-idx1-ubyte")
+MANIFEST = "manifest.json"
+FORMAT = ("idx (LeCun et al.), uncompressed: images 00 00 08 04 + N, 3, H, W (uint32 big-endian) + "
+          "N x C x H x W ubyte; labels 00 00 08 01 + N + N ubyte")
+#: the view pipelines of a built set without its grey source loaded: the grey data set's
+#: (``mnist.py``: MNIST's weak view never flips, a mirrored digit being another symbol)
+PIPELINES = {"mnist_m": {"weak": weak_without_flip}, "fashion_mnist_m": {}}
 
 
 def blend(grey: np.ndarray, photos: list[np.ndarray], rng: np.random.Generator) -> np.ndarray:
@@ -79,7 +115,99 @@ def _blended(name: str, grey: ImageDataset, train_photos, test_photos, seed: int
         test_x=torch.from_numpy(test_x), test_y=grey.test_y.clone(), num_classes=grey.num_classes,
         mean=mean, std=std, augment=no_augmentation, pipelines=dict(grey.pipelines),
         description=f"{grey.name} blended with {origin} (|patch - image| per channel, seed {seed}), "
-                    f"{len(train_x)} train / {len(test_x)} test, 3x28x28; sha256 {digest}")
+                    f"{len(train_x)} train / {len(test_x)} test, 3x{train_x.shape[2]}x{train_x.shape[3]}; "
+                    f"sha256 {digest}")
+
+
+# --------------------------------------------------------------------------- built files
+def built_dir(name: str, data_dir, seed: int) -> Path:
+    """Where ``ssl-bench data build NAME --set seed=S`` writes: ``DATA_DIR/NAME/seedS``."""
+    return files.search_dirs(name, data_dir)[0] / f"seed{seed}"
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """An uncompressed idx file of unsigned bytes (module docstring; ``mnist.read_idx`` reads it)."""
+    array = np.ascontiguousarray(array)
+    if array.dtype != np.uint8:
+        raise ValueError(f"write_idx: unsigned bytes only, got {array.dtype}")
+    with open(path, "wb") as f:
+        f.write(bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape))
+        f.write(array.tobytes())
+
+
+def write_built(ds: ImageDataset, data_dir, seed: int) -> str:
+    """Write a blended data set's files and manifest to :func:`built_dir` (atomically: a
+    temporary folder renamed into place, replacing an older build); returns the report the
+    build command prints: the folder, each file's sha256 (``sha256sum`` style) and the manifest."""
+    if ds.num_classes > 256:
+        raise ValueError(f"{ds.name}: labels must fit in a byte")
+    target = built_dir(ds.name, data_dir, seed)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.{os.getpid()}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        arrays = (ds.train_x.numpy(), ds.train_y.numpy().astype(np.uint8), ds.test_x.numpy(),
+                  ds.test_y.numpy().astype(np.uint8))
+        entries = {}
+        for name, array in zip(BUILT_FILES, arrays):
+            write_idx(tmp / name, array)
+            entries[name] = {"shape": list(array.shape), "bytes": (tmp / name).stat().st_size,
+                             "sha256": files.file_digest(tmp / name, "sha256")}
+        manifest = {"dataset": ds.name, "seed": seed, "description": ds.description, "format": FORMAT,
+                    "files": entries}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        old = target.parent / f".{target.name}.{os.getpid()}.old"
+        if target.exists():
+            os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    lines = [f"{ds.name} (seed {seed}): {len(ds.train_y)} train / {len(ds.test_y)} test images written to {target}"]
+    lines += [f"{e['sha256']}  {target / name}" for name, e in entries.items()]
+    lines.append(f"manifest: {target / MANIFEST}")
+    return "\n".join(lines)
+
+
+def load_built(name: str, data_dir, seed: int) -> ImageDataset | None:
+    """The built data set ``name`` of ``seed`` from :func:`built_dir`, every file's sha256
+    checked against the manifest; None if there is no manifest (then it is built on load)."""
+    folder = built_dir(name, data_dir, seed)
+    manifest_path = folder / MANIFEST
+    if not manifest_path.is_file():
+        return None
+    rebuild = (f"rebuild it with `ssl-bench data build {name} --set seed={seed} --data-dir {Path(data_dir).expanduser()}`"
+               f", or delete {folder} to build it on load")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        entries = {f: manifest["files"][f]["sha256"] for f in BUILT_FILES}
+        description = str(manifest["description"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"{manifest_path}: not a manifest of a built {name} ({type(exc).__name__}: {exc}); "
+                        f"{rebuild}") from None
+    if manifest.get("dataset") != name or manifest.get("seed") != seed:
+        raise UserError(f"{manifest_path} describes {manifest.get('dataset')!r} seed {manifest.get('seed')!r}, not "
+                        f"{name!r} seed {seed}; {rebuild}")
+    for file, want in entries.items():
+        path = folder / file
+        if not path.is_file():
+            raise UserError(f"built {name}: {path} is missing (listed in {manifest_path}); {rebuild}")
+        got = files.file_digest(path, "sha256")
+        if got != want:
+            raise UserError(f"built {name}: {path} has sha256 {got}, but {manifest_path} says {want}: the file is "
+                            f"corrupt or was changed since it was built; {rebuild}")
+    train_x, train_y, test_x, test_y = (read_idx(folder / f) for f in BUILT_FILES)
+    for x, y, split in ((train_x, train_y, "train"), (test_x, test_y, "t10k")):
+        if x.dtype != np.uint8 or x.ndim != 4 or y.ndim != 1 or len(x) != len(y):
+            raise UserError(f"built {name}: {folder}/{split}-* hold {x.dtype} {x.shape} images and {y.shape} labels, "
+                            f"expected N x C x H x W bytes and N labels; {rebuild}")
+    mean, std = files.channel_stats(train_x)
+    return ImageDataset(
+        name=name, train_x=torch.from_numpy(train_x), train_y=torch.from_numpy(train_y.astype(np.int64)),
+        test_x=torch.from_numpy(test_x), test_y=torch.from_numpy(test_y.astype(np.int64)), num_classes=10,
+        mean=mean, std=std, augment=no_augmentation, pipelines=dict(PIPELINES[name]),
+        description=f"{description}; read from {folder} (`ssl-bench data build`)")
 
 
 def _rgb(grey: ImageDataset, name: str) -> ImageDataset:
@@ -115,15 +243,33 @@ def bsds500_photos(data_dir) -> tuple[list[np.ndarray], list[np.ndarray]]:
                     f"benchmark site and unpack it there")
 
 
-def load_mnist_m(data_dir, seed: int = 0) -> ImageDataset:
+def make_mnist_m(data_dir, seed: int = 0) -> ImageDataset:
+    """MNIST-M built now from ``DATA_DIR/mnist`` and ``DATA_DIR/bsds500``."""
     train, test = bsds500_photos(data_dir)
     return _blended("mnist_m", load_mnist(data_dir), train, test, seed, "BSDS500 photos (train/test)")
 
 
-def load_fashion_mnist_m(data_dir, seed: int = 0) -> ImageDataset:
+def make_fashion_mnist_m(data_dir, seed: int = 0) -> ImageDataset:
+    """Fashion-MNIST-M built now from Fashion-MNIST and scikit-learn's two photos."""
     train, test = sample_photos()
     return _blended("fashion_mnist_m", load_fashion_mnist(data_dir), train, test, seed,
                     "scikit-learn's china.jpg (train) / flower.jpg (test)")
+
+
+def load_mnist_m(data_dir, seed: int = 0) -> ImageDataset:
+    return load_built("mnist_m", data_dir, seed) or make_mnist_m(data_dir, seed)
+
+
+def load_fashion_mnist_m(data_dir, seed: int = 0) -> ImageDataset:
+    return load_built("fashion_mnist_m", data_dir, seed) or make_fashion_mnist_m(data_dir, seed)
+
+
+def build_mnist_m(data_dir, seed: int = 0) -> str:
+    return write_built(make_mnist_m(data_dir, seed), data_dir, seed)
+
+
+def build_fashion_mnist_m(data_dir, seed: int = 0) -> str:
+    return write_built(make_fashion_mnist_m(data_dir, seed), data_dir, seed)
 
 
 def load_mnist_rgb(data_dir) -> ImageDataset:
@@ -138,9 +284,11 @@ def load_fashion_mnist_rgb(data_dir) -> ImageDataset:
 def ssl_bench_datasets():
     return [
         DatasetSpec("mnist_m", load_mnist_m, "MNIST-M: MNIST blended with BSDS500 photo patches (3x28x28; needs "
-                                             "DATA_DIR/bsds500)"),
+                                             "DATA_DIR/bsds500; `ssl-bench data build mnist_m` writes it once)",
+                    build=build_mnist_m),
         DatasetSpec("fashion_mnist_m", load_fashion_mnist_m, "Fashion-MNIST blended with scikit-learn's sample "
-                                                             "photos by MNIST-M's recipe (3x28x28, offline)"),
+                                                             "photos by MNIST-M's recipe (3x28x28, offline)",
+                    build=build_fashion_mnist_m),
         DatasetSpec("mnist_rgb", load_mnist_rgb, "MNIST replicated to 3 channels; augment = random inversion "
                                                  "(the MNIST -> MNIST-M source)"),
         DatasetSpec("fashion_mnist_rgb", load_fashion_mnist_rgb, "Fashion-MNIST replicated to 3 channels; augment = "
