@@ -666,7 +666,7 @@ class _Pack:
         predictions (and embeddings where a metric needs them), the method's diagnostics."""
         means = {name: total / self.n_running for name, total in self.running.items()}
         self.running, self.n_running = {}, 0
-        point = {"step": self.step + 1, "lr": self.optimizer.param_groups[0]["lr"]}
+        point = {"step": self.step + 1 if self.config["steps"] else 0, "lr": self.optimizer.param_groups[0]["lr"]}
         collected = {}
         for s in self.eval_sets:
             predictions, embeddings = self.nets.collect(s.x, s.normalise, s.embeddings)
@@ -684,6 +684,7 @@ class _Pack:
         training at that step; keeps the latest mean loss and main error for progress."""
         for step, point, means, collected, diagnostics in self.pending:
             means = {name: value.tolist() for name, value in means.items()}
+            means.setdefault("loss", [float("nan")] * self.k)  # steps = 0: evaluated untrained
             values = [self._metric_values(collected, i) for i in range(self.k)]
             extra = {name: float(v) for name, v in diagnostics.items()}
             for i, run in enumerate(self.runs):
@@ -771,6 +772,8 @@ def _train(configs: list[dict], registry, data: dict[str, ImageDataset], device:
                 pack.evaluate()
             if on_step:
                 on_step(step + 1, pack.shown_loss, pack.shown_error)
+        if steps == 0:  # the network as initialised (random-network and k-means-on-pixels baselines)
+            pack.evaluate()
         pack.finish()
     except Exception as exc:  # a failing run is recorded; the grid goes on
         if packed or RAISE_RUN_ERRORS:

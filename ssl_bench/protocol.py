@@ -33,7 +33,7 @@ class Protocol:
     n_validation: int = hyperparameter(0, ge=0, help="samples held out of the training set for validation")
     labeled_per_class: int = hyperparameter(10, ge=1, help="labeled batch: this many samples of every class")
     unlabeled_batch: int = hyperparameter(100, ge=0, help="unlabeled batch size (uniform draws)")
-    steps: int = hyperparameter(1000, ge=1, help="optimiser steps")
+    steps: int = hyperparameter(1000, ge=0, help="optimiser steps (0: no training; the network as initialised is evaluated once, at step 0: random-network and k-means-on-pixels baselines)")
     eval_every: int = hyperparameter(100, ge=1, help="evaluate every this many steps (and after the last)")
     last_k: int = hyperparameter(5, ge=1, help="evaluations in the last-k median")
     optimizer: Literal["adam", "sgd"] = hyperparameter("adam", help="Adam (default betas) or SGD with momentum 0.9")

@@ -27,6 +27,14 @@ partitions): ``sklearn.metrics.adjusted_rand_score(labels, predictions)``, the R
 adjusted for chance of Hubert & Arabie, "Comparing partitions", J. Classification 1985.
 
 All three give ``nan`` for an empty set.
+
+``kmeans_accuracy`` (%, higher is better): clusters found by k-means on the set's *embeddings*
+instead of the method's predictions, scored as ``cluster_accuracy``: k = the number of distinct
+classes in the set, ``sklearn.cluster.KMeans(k, n_init=KMEANS_INIT, random_state=0)`` (seeded,
+so the same embeddings give the same number). ADC's Table 1 row "ours (ResNet): K-Means" (k-means
+on the trained network's embeddings) and, on the ``pixels`` backbone with ``steps = 0`` (the
+network as initialised), the row "k-means on pixels". The set is clustered transductively (k-means
+fitted on the evaluated images themselves), as those rows are.
 """
 from __future__ import annotations
 
@@ -58,14 +66,10 @@ def contingency(labels: np.ndarray, clusters: np.ndarray) -> np.ndarray:
 def cluster_accuracy(collected: Collected) -> float:
     """Accuracy (%) under the best one-to-one cluster -> class mapping (Hungarian algorithm on
     the contingency matrix); images of unmatched clusters count as wrong."""
-    from scipy.optimize import linear_sum_assignment
-
     labels, clusters = _numpy_pair(collected, "cluster_accuracy")
     if len(labels) == 0:
         return math.nan
-    table = contingency(labels, clusters)
-    rows, cols = linear_sum_assignment(table, maximize=True)
-    return 100.0 * int(table[rows, cols].sum()) / len(labels)
+    return _matched_accuracy(contingency(labels, clusters), len(labels))
 
 
 def nmi(collected: Collected) -> float:
@@ -88,6 +92,38 @@ def ari(collected: Collected) -> float:
     return float(adjusted_rand_score(labels, clusters))
 
 
+#: k-means restarts (best inertia kept) for ``kmeans_accuracy``
+KMEANS_INIT = 5
+
+
+def kmeans_clusters(embeddings: np.ndarray, k: int) -> np.ndarray:
+    """Cluster ids of seeded k-means (k-means++ initialisation, KMEANS_INIT restarts)."""
+    from sklearn.cluster import KMeans
+
+    return KMeans(n_clusters=k, n_init=KMEANS_INIT, random_state=0).fit_predict(embeddings)
+
+
+def kmeans_accuracy(collected: Collected) -> float:
+    """cluster_accuracy of k-means (k = the classes present) on the set's embeddings."""
+    if collected.embeddings is None:
+        raise ValueError("metric 'kmeans_accuracy' needs the embeddings, and none were collected")
+    labels = collected.labels.detach().reshape(-1).to("cpu", torch.int64).numpy()
+    if len(labels) == 0:
+        return math.nan
+    embeddings = collected.embeddings.detach().to("cpu", torch.float64).reshape(len(labels), -1).numpy()
+    k = min(len(np.unique(labels)), len(np.unique(embeddings, axis=0)))
+    clusters = kmeans_clusters(embeddings, k)
+    table = contingency(labels, clusters)
+    return _matched_accuracy(table, len(labels))
+
+
+def _matched_accuracy(table: np.ndarray, n: int) -> float:
+    from scipy.optimize import linear_sum_assignment
+
+    rows, cols = linear_sum_assignment(table, maximize=True)
+    return 100.0 * int(table[rows, cols].sum()) / n
+
+
 @hookimpl
 def ssl_bench_metrics():
     return [
@@ -99,4 +135,7 @@ def ssl_bench_metrics():
                     "arithmetic-mean normaliser (sklearn default)"),
         Metric("ari", ari, higher_is_better=True, needs=("predictions",),
                help="adjusted Rand index of clusters and classes, in [-1, 1] (0: chance)"),
+        Metric("kmeans_accuracy", kmeans_accuracy, higher_is_better=True, needs=("embeddings",),
+               help="cluster_accuracy (%) of seeded k-means (k = classes) on the set's embeddings "
+                    "(ADC Table 1's k-means rows; on backbone pixels with steps = 0: k-means on pixels)"),
     ]
