@@ -481,7 +481,7 @@ def test_unknown_method_parameter_key(reg):
 @pytest.mark.parametrize("setting, message", [
     ('steps = "many"', "steps must be an int, got 'many'"),
     ("steps = 12.0", "steps must be an int, got 12.0"),
-    ("steps = 0", "steps must be >= 1, got 0"),
+    ("steps = -1", "steps must be >= 0, got -1"),
     ("lr = true", "lr must be a number, got True"),
     ('unlabeled_overlap = "yes"', "unlabeled_overlap must be true or false, got 'yes'"),
     ("n_labeled = -20", 'n_labeled must be a non-negative int or "all", got -20'),

@@ -10,6 +10,7 @@ from ssl_bench.runner import prepare, run_grid
 from ssl_bench.tables import table_frame
 from test_cifar import write_cifar10, write_cifar100
 from test_datasets import write_idx_set, write_stl10, write_svhn
+from test_adc_data import write_frgc
 from test_da_datasets import write_bsds500, write_gtsrb, write_synth_digits, write_synth_signs
 
 
@@ -69,6 +70,14 @@ SHAPES = {
         ["pi_model", "pseudo_label", "mixup", "vat", "mean_teacher", "mixmatch"], ["250", "500"])
        for data, i in (("cifar10", 1), ("svhn", 2))},
     ("baselines_convnet13_table3_3", "table3_3"): (["pi_model", "mean_teacher", "mixmatch"], ["cifar10", "cifar100"]),
+    **{("adc_digits", t): (["k-means on pixels", "adc", "aug only", "assoc_c + norm", "+ assoc_aug"], ["digits"])
+       for t in ("head", "best", "kmeans", "nmi")},
+    **{("adc_fashion_mnist", t): (["k-means on pixels", "adc"], ["fashion_mnist"])
+       for t in ("head", "best", "kmeans", "nmi")},
+    **{("adc_table1", t): (["k-means on pixels", "VCNN", "ResNet"], ["mnist", "frgc", "svhn", "cifar10", "stl10"])
+       for t in ("table1_mean", "table1_best", "table1_kmeans")},
+    ("adc_ablation", "ablation"): (["aug only", "assoc_c + norm", "+ assoc_aug", "all"], ["mnist", "cifar10", "stl10"]),
+    ("adc_ablation", "ablation_kmeans"): (["aug only"], ["mnist", "cifar10", "stl10"]),
     # --smoke trains 100 labels in every cell (the smoke data are small)
     **{("fixmatch_table2", data): (["fixmatch"], ["100"]) for data in ("cifar10", "svhn", "cifar100")},
 }
@@ -91,6 +100,7 @@ def data_dir(tmp_path_factory):
     write_synth_signs(root / "synth_signs", per_class=3)
     write_gtsrb(root / "gtsrb", train_per_class=2, n_test=50)
     write_bsds500(root / "bsds500")
+    write_frgc(root / "frgc" / "data4torch.h5", n=240)
     return root
 
 
@@ -131,7 +141,8 @@ def test_paper_grids_have_the_papers_run_counts(registry, tmp_path):
                 "cclp_table1": 180, "cclp_steps": 600, "cclp_steps_fashion_mnist": 100, "cclp_steps_digits": 100,
                 "baselines_digits": 340, "baselines_cifar10_table3_1": 60, "baselines_svhn_table3_2": 60,
                 "baselines_convnet13_table3_3": 30, "fixmatch_table2": 45, "baselines_fashion_mnist": 36,
-                "da_fashion_mnist_m": 25, "da_table2": 240, "da_mmd_table3": 60}
+                "da_fashion_mnist_m": 25, "da_table2": 240, "da_mmd_table3": 60,
+                "adc_digits": 25, "adc_fashion_mnist": 10, "adc_table1": 150, "adc_ablation": 60}
     for grid, n in expected.items():
         assert len(prepare(grid, registry, data_dir=tmp_path, data="skip").runs) == n, grid
 
