@@ -305,13 +305,15 @@ class RunLabels:
         return torch.nonzero(self.current >= 0).squeeze(1)
 
     def diagnostics(self) -> dict[str, torch.Tensor]:
-        """Count and true accuracy (%) of the labels that differ from the task's (device tensors)."""
+        """Count, true accuracy and error (%) of the labels that differ from the task's (device
+        tensors; with no such label, accuracy 0 and error 100)."""
         changed = (self.current != self.initial) & (self.current >= 0)
         count = changed.sum()
         stats = {"labels_assigned": count.double()}
         if self.truth is not None:
             right = (changed & (self.current == self.truth)).sum()
             stats["labels_assigned_accuracy"] = 100.0 * right.double() / count.clamp_min(1).double()
+            stats["labels_assigned_error"] = 100.0 - stats["labels_assigned_accuracy"]
         return stats
 
 

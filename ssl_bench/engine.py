@@ -328,6 +328,7 @@ class _Networks:
                  options: EngineOptions, device: torch.device):
         self.models, self.method, self.k = models, method, len(models)
         self.decay = config.get("ema_decay", 0.0)
+        self.early_decay, self.early_steps = config.get("ema_decay_early", 0.0), config.get("ema_early_steps", 0)
         self.autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if options.bf16
                          else contextlib.nullcontext())
         optim = config.get("optim") or {}
@@ -371,12 +372,17 @@ class _Networks:
             terms = self.fn(tensors)
         return {name: value.float().reshape(self.k) for name, value in terms.items()}
 
+    def decay_at(self, step: int) -> float:
+        """The EMA decay of the update after step ``step`` (0-based): ema_decay_early during the
+        first ema_early_steps steps when set, ema_decay after them."""
+        return self.early_decay if self.early_decay and step < self.early_steps else self.decay
+
     @torch.no_grad()
-    def update_ema(self) -> None:
+    def update_ema(self, step: int) -> None:
         if not self.ema_pairs:
             return
         floats = [(e, p) for e, p in self.ema_pairs if e.is_floating_point()]
-        torch._foreach_lerp_([e for e, _ in floats], [p.detach() for _, p in floats], 1.0 - self.decay)
+        torch._foreach_lerp_([e for e, _ in floats], [p.detach() for _, p in floats], 1.0 - self.decay_at(step))
         for e, p in self.ema_pairs:
             if not e.is_floating_point():
                 e.copy_(p)
@@ -627,7 +633,7 @@ class _Pack:
         self.optimizer.step()
         if self.scheduler:
             self.scheduler.step()
-        self.nets.update_ema()
+        self.nets.update_ema(self.step)
         if not self.packed:
             ctx = self.runs[0].ctx
             self.method.on_step_end(self.models[0], ctx)
@@ -785,6 +791,8 @@ def _train(configs: list[dict], registry, data: dict[str, ImageDataset], device:
     outcomes = []
     for run in pack.runs:
         metrics = summarise(run.curves, run.config.get("last_k", 5), columns)
+        if run.curves:  # the method's diagnostics at the last evaluation (labels_assigned, ...) as columns
+            metrics.update({k: v for k, v in run.curves[-1].get("metrics", {}).items() if k not in metrics})
         if run.status == "diverged":
             for key in {**DEFAULT_COLUMNS, **columns}:
                 if not key.startswith("val_"):

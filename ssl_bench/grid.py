@@ -354,6 +354,7 @@ def resolve(flat: dict[str, Any], registry) -> dict:
     protocol_given = {k: v for k, v in tree.items() if k in _PROTOCOL_KEYS}
     config = validate(PROTOCOL_PARAMS, protocol_given, where="")
     _check_task_keys(config, registry)
+    _check_ema_keys(config)
     for name, params in SUBTABLES.items():
         given = tree.get(name, {})
         if not isinstance(given, dict):
@@ -371,7 +372,18 @@ def resolve(flat: dict[str, Any], registry) -> dict:
         config[key] = name
         config[section] = {n: validate(_plugin_params(registry, key, n), given_sections.get(n, {}),
                                        where=f"{section}.{n}.") for n in used}
+    if registry.method(config["method"]).needs_ema and not config["ema_decay"]:
+        raise UserError(f"method {config['method']} needs a teacher: set ema_decay > 0 (the engine then keeps the "
+                        "EMA of the weights and hands it to the loss as ctx.ema_model), e.g. ema_decay = 0.999 "
+                        "with ema_decay_early = 0.99 for the ramp-up")
     return config
+
+
+def _check_ema_keys(config: dict) -> None:
+    """An early EMA decay only has an EMA to act on when ``ema_decay`` > 0."""
+    if config["ema_decay_early"] and not config["ema_decay"]:
+        raise UserError(f"ema_decay_early = {config['ema_decay_early']} needs an EMA: set ema_decay > 0 too "
+                        "(e.g. ema_decay_early = 0.99, ema_early_steps = 40000, ema_decay = 0.999)")
 
 
 def _check_task_keys(config: dict, registry) -> None:

@@ -117,6 +117,13 @@ class Method:
     #: curve's ``loss_terms`` like the others but never added to the loss (e.g. FixMatch's mask
     #: rate); they must not need gradients
     monitored: ClassVar[tuple[str, ...]] = ()
+    #: whether the loss reads ``ctx.ema_model`` (a teacher): runs must then set ema_decay > 0,
+    #: checked when the grid is read
+    needs_ema: ClassVar[bool] = False
+    #: names of :meth:`diagnostics` (or of the label diagnostics ``labels_assigned``,
+    #: ``labels_assigned_accuracy``, ``labels_assigned_error``) whose value at the last evaluation
+    #: becomes a float column of the run's row, for tables (e.g. the discovered labels' error)
+    result_columns: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, **hparams: Any):
         values = validate(self.params(), hparams, where=f"methods.{self.name}.")

@@ -50,6 +50,8 @@ class Protocol:
     labeled_batch: int = hyperparameter(0, ge=0, help="uniform sampler: labeled batch size (0: labeled_per_class x classes)", since=V2)
     classes_per_batch: int = hyperparameter(0, ge=0, help="p_k sampler: P, the classes in each labeled batch (0: all)", since=V2)
     ema_decay: float = hyperparameter(0.0, ge=0, le=0.99999, help="evaluate an exponential moving average of the weights with this decay (0: the trained weights); methods read it as ctx.ema_model", since=V2)
+    ema_decay_early: float = hyperparameter(0.0, ge=0, le=0.99999, help="the EMA decay during the first ema_early_steps steps, ema_decay after them (Mean Teacher and Snowball: 0.99 during the ramp-up, then 0.999); 0: ema_decay throughout", since=V2)
+    ema_early_steps: int = hyperparameter(0, ge=0, help="steps that use ema_decay_early", since=V2)
     label: str = hyperparameter("", help="a free name for the run's variant, for table rows and columns (e.g. an ablation row: \"aug only\"); part of the run id when set", since=V2)
     metrics: list[str] = hyperparameter([], help="metrics beyond the task's defaults, e.g. [\"nmi\", \"recall@4\"] (`ssl-bench list metrics`)", since=V2)
     pretrained: str = hyperparameter("", help="a local file holding the backbone's weights (a state_dict); its sha256 is stored in the row", since=V2)

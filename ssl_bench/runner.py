@@ -170,6 +170,8 @@ def row_schema(runs: list[Run], registry: Registry) -> pa.Schema:
                 columns = list(summary_columns(split, metric, registry.metric(metric).higher_is_better))
                 for column in columns[:1] if split == "val" else columns:  # validation: final value only
                     fields.setdefault(column, pa.float64())
+        for column in registry.method(run.config["method"]).result_columns:  # its diagnostics' last values
+            fields.setdefault(column, pa.float64())
     for p in PROTOCOL_PARAMS:
         if p.name not in fields:
             fields[p.name] = results.arrow_type(p)

@@ -79,6 +79,7 @@ class MeanTeacher(Method):
     """Cross-entropy + w(t) * squared difference to the EMA teacher's softmax (Tarvainen & Valpola 2017)."""
 
     name = "mean_teacher"
+    needs_ema = True
     views = {"unlabeled": ("weak", "weak")}
     consistency_weight: float = hyperparameter(100.0, ge=0, help="the consistency weight after the ramp-up "
                                                                  "(paper/code: 100)")
