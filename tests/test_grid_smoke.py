@@ -26,6 +26,11 @@ CHAINS = ["1", "2", "3", "4", "5", "6", "8", "10", "15"]
 DA_TARGETS = ["mnist_m", "svhn", "mnist_32_rgb", "gtsrb"]
 DA_COVERAGE = [f"{t} coverage %" for t in DA_TARGETS]
 
+#: the Mean Teacher / Snowball rows of the dissertation's (seed 003) Tables 2.6 and 2.7
+SNOWBALL_ROWS = ["Mean Teacher ConvNet-13", "Mean Teacher ResNet-26", "Snowball ConvNet-13", "Snowball ResNet-26"]
+#: the rows of its Table 2.9 (one discovery of 500 samples: nearest, random, farthest)
+SNOWBALL_DISCOVERY_ROWS = ["500 + 500 (Min)", "500 + 500 (Random)", "500 + 500 (Max)"]
+
 # table -> (rows, columns) as the paper prints them
 SHAPES = {
     ("svhn_table3", "table3"): (["20", "100", "500", "1000", "2000", "all"], ["0", "1000", "20000", "all"]),
@@ -80,6 +85,26 @@ SHAPES = {
     ("adc_ablation", "ablation_kmeans"): (["aug only"], ["mnist", "cifar10", "stl10"]),
     # --smoke trains 100 labels in every cell (the smoke data are small)
     **{("fixmatch_table2", data): (["fixmatch"], ["100"]) for data in ("cifar10", "svhn", "cifar100")},
+    # Snowball (seed 003 ch. 2): rows are the protocol key label, as the dissertation's tables print them
+    ("snowball_table2_1", "table2_1"): (["Supervised", "Pi Model", "Temporal Ensembling", "Mean Teacher ConvNet-13",
+                                         "Snowball ConvNet-13"], ["250", "all"]),
+    ("snowball_table2_1", "table2_1_resnet26"): (["Mean Teacher ResNet-26", "Snowball ResNet-26"], ["250"]),
+    ("snowball_table2_7", "table2_7"): (SNOWBALL_ROWS, ["100", "250"]),
+    ("snowball_table2_2", "table2_2"): (["Supervised", "Pi Model", "Temporal Ensembling", "Mean Teacher ConvNet-13",
+                                         "Snowball ConvNet-13"], ["1000", "2000", "all"]),
+    ("snowball_table2_2", "table2_2_resnet26"): (["Mean Teacher ResNet-26", "Snowball ResNet-26"], ["1000", "2000"]),
+    ("snowball_table2_6", "table2_6"): (SNOWBALL_ROWS, ["250", "500", "1000", "2000"]),
+    ("snowball_table2_11", "table2_11"): (["Mean Teacher ResNet-26", "MT + Sample Discovery ResNet-26",
+                                           "Snowball ResNet-26"], ["500", "1000"]),
+    # --smoke trains 100 labels in every cell (the smoke CIFAR-100 has 10 images per class)
+    ("snowball_table2_3", "table2_3"): (["Mean Teacher ResNet-26", "Snowball ResNet-26"], ["100"]),
+    ("snowball_table2_4", "table2_4"): (["mixmatch", "snowball_mixmatch"], ["cifar10", "cifar100"]),
+    ("snowball_table2_9", "table2_9"): (SNOWBALL_DISCOVERY_ROWS, ["predicted", "true"]),
+    ("snowball_table2_9", "table2_9_label_error"): (SNOWBALL_DISCOVERY_ROWS, ["predicted"]),
+    ("snowball_digits", "snowball"): (["mean_teacher", "snowball", "mixmatch", "snowball_mixmatch"], ["20", "50"]),
+    ("snowball_digits", "discovery"): (["", "random", "farthest", "MT + discovery"], ["20"]),
+    ("snowball_digits", "discovered_label_error"): (["", "random", "farthest", "MT + discovery"],
+                                                    ["mean_teacher", "snowball", "mixmatch", "snowball_mixmatch"]),
 }
 
 
@@ -142,7 +167,10 @@ def test_paper_grids_have_the_papers_run_counts(registry, tmp_path):
                 "baselines_digits": 340, "baselines_cifar10_table3_1": 60, "baselines_svhn_table3_2": 60,
                 "baselines_convnet13_table3_3": 30, "fixmatch_table2": 45, "baselines_fashion_mnist": 36,
                 "da_fashion_mnist_m": 25, "da_table2": 240, "da_mmd_table3": 60,
-                "adc_digits": 25, "adc_fashion_mnist": 10, "adc_table1": 150, "adc_ablation": 60}
+                "adc_digits": 25, "adc_fashion_mnist": 10, "adc_table1": 150, "adc_ablation": 60,
+                "snowball_table2_1": 60, "snowball_table2_7": 40, "snowball_table2_2": 95, "snowball_table2_6": 80,
+                "snowball_table2_11": 30, "snowball_table2_3": 20, "snowball_table2_4": 20, "snowball_table2_9": 30,
+                "snowball_digits": 55}
     for grid, n in expected.items():
         assert len(prepare(grid, registry, data_dir=tmp_path, data="skip").runs) == n, grid
 

@@ -124,6 +124,12 @@ class MixMatch(Method):
     lambda_per: Literal["sample", "batch"] = hyperparameter(
         "sample", help="one MixUp lambda per example (eq. 8 and the official code) or one per batch (USB)")
 
+    def guess(self, model, views: list[torch.Tensor], ctx) -> torch.Tensor:
+        """Lines 7-8, with batch-norm statistics frozen; a subclass may guess with another
+        network (LMCS: its master)."""
+        with batchnorm_statistics_frozen(model):
+            return guess_labels(model, views, self.temperature)
+
     def loss_terms(self, batch, model, ctx):
         if batch.y_labeled is None:
             raise UserError("mixmatch needs labeled samples (its L_X); this run's task gives none")
@@ -132,8 +138,7 @@ class MixMatch(Method):
         unlabeled = batch.views.get("unlabeled") or []
         inputs, targets = [x_hat], [p]
         if unlabeled:
-            with batchnorm_statistics_frozen(model):
-                q = guess_labels(model, unlabeled, self.temperature).to(x_hat.dtype)
+            q = self.guess(model, unlabeled, ctx).to(x_hat.dtype)
             inputs += unlabeled
             targets += [q] * len(unlabeled)
         all_x, all_p = torch.cat(inputs), torch.cat(targets)
