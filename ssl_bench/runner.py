@@ -63,12 +63,12 @@ def prepare(ref: str, registry: Registry, *, overrides: dict[str, Any] | None = 
     if not runs:
         raise UserError(f"grid {grid.name!r} expands to no runs (check [[exclude]])")
     schema = row_schema(runs, registry)
-    from .tables import canon, coverage_filter, coverage_per_column
+    from .tables import canon, coverage_filter, coverage_per_column, matches
 
     flats = [run.flat() for run in runs]
     for table in grid.tables:
         # ``where`` first: a table over one method's knob may name a key only that method's runs have
-        chosen = [f for f in flats if all(canon(f.get(k)) == canon(v) for k, v in table.where.items())]
+        chosen = [f for f in flats if matches(f, table.where)]
         if not chosen:
             raise UserError(f"grid {grid.name!r}: table {table.name!r}: no run matches where = {table.where}")
         # a "{column}" in a coverage filter is each of the table's column labels in turn

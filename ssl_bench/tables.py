@@ -28,6 +28,20 @@ MISSING = "—"
 MISSING_RUNS = "missing"  # the key counting a table's runs that have no row
 
 
+def matches(flat: dict, where: dict) -> bool:
+    """Whether a run's flat settings satisfy a table's ``where``: each key equal to its value, or,
+    for a list of values (and a run setting that is not itself a list), equal to one of them:
+    ``where = { method = ["snowball", "lmcs"] }``."""
+    for key, wanted in where.items():
+        have = flat.get(key)
+        if isinstance(wanted, list) and not isinstance(have, (list, tuple)):
+            if canon(have) not in {canon(v) for v in wanted}:
+                return False
+        elif canon(have) != canon(wanted):
+            return False
+    return True
+
+
 def canon(value) -> str:
     """A setting as a table key: 1, 1.0 and "1" are the same cell; "all" stays "all"."""
     if isinstance(value, bool):
@@ -94,7 +108,7 @@ def cell_values(spec: TableSpec, runs: list[Run], rows: pd.DataFrame):
     selected = []
     for run in runs:
         flat = run.flat()
-        if all(canon(flat.get(k)) == canon(v) for k, v in spec.where.items()):
+        if matches(flat, spec.where):
             selected.append((run, canon(flat[spec.rows]), canon(flat[spec.columns])))
     row_labels = list(dict.fromkeys(r for _, r, _ in selected))
     col_labels = list(dict.fromkeys(c for _, _, c in selected))

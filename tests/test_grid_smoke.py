@@ -101,10 +101,15 @@ SHAPES = {
     ("snowball_table2_4", "table2_4"): (["mixmatch", "snowball_mixmatch"], ["cifar10", "cifar100"]),
     ("snowball_table2_9", "table2_9"): (SNOWBALL_DISCOVERY_ROWS, ["predicted", "true"]),
     ("snowball_table2_9", "table2_9_label_error"): (SNOWBALL_DISCOVERY_ROWS, ["predicted"]),
-    ("snowball_digits", "snowball"): (["mean_teacher", "snowball", "mixmatch", "snowball_mixmatch"], ["20", "50"]),
-    ("snowball_digits", "discovery"): (["", "random", "farthest", "MT + discovery"], ["20"]),
-    ("snowball_digits", "discovered_label_error"): (["", "random", "farthest", "MT + discovery"],
-                                                    ["mean_teacher", "snowball", "mixmatch", "snowball_mixmatch"]),
+    ("snowball_lmcs_digits", "snowball"): (["mean_teacher", "snowball", "mixmatch", "snowball_mixmatch", "lmcs"],
+                                          ["20", "50"]),
+    ("snowball_lmcs_digits", "discovery"): (["", "random", "farthest", "MT + discovery"], ["20"]),
+    ("snowball_lmcs_digits", "lmcs_ablation"): (["", "min distance", "without discovery", "without LMC"], ["20"]),
+    ("snowball_lmcs_digits", "master"): (["lmcs"], ["20", "50"]),
+    ("snowball_lmcs_digits", "discovered_label_error"): (["snowball", "snowball_mixmatch", "lmcs"], ["20", "50"]),
+    ("snowball_lmcs_digits", "discovered_label_error_ablation"): (["", "random", "farthest", "MT + discovery"],
+                                                                  ["snowball"]),
+    ("snowball_lmcs_digits", "lmcs_discovered_label_error"): (["", "min distance", "without LMC"], ["lmcs"]),
 }
 
 
@@ -170,7 +175,7 @@ def test_paper_grids_have_the_papers_run_counts(registry, tmp_path):
                 "adc_digits": 25, "adc_fashion_mnist": 10, "adc_table1": 150, "adc_ablation": 60,
                 "snowball_table2_1": 60, "snowball_table2_7": 40, "snowball_table2_2": 95, "snowball_table2_6": 80,
                 "snowball_table2_11": 30, "snowball_table2_3": 20, "snowball_table2_4": 20, "snowball_table2_9": 30,
-                "snowball_digits": 55}
+                "snowball_lmcs_digits": 80}
     for grid, n in expected.items():
         assert len(prepare(grid, registry, data_dir=tmp_path, data="skip").runs) == n, grid
 
