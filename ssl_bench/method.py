@@ -40,11 +40,14 @@ What the core provides, so methods do not re-implement it:
   discriminators, created per run from the run's seed; they live in ``model.extras``, train
   with the network (same optimiser, L2 term over their conv/linear weights), are saved with
   it and packed with it.
-- **EMA evaluation model** (protocol ``ema_decay``): the engine keeps an exponential moving
-  average of the weights, evaluates it, and hands it to the loss as ``ctx.ema_model`` (a
-  teacher), packed runs included.
+- **EMA evaluation model** (protocol ``ema_decay``, ``ema_decay_early``/``ema_early_steps``):
+  the engine keeps an exponential moving average of the weights, evaluates it, and hands it to
+  the loss as ``ctx.ema_model`` (a teacher), packed runs included; ``needs_ema = True`` makes a
+  grid without it an error when read.
 - **Labels** (``ctx.labels``, :class:`ssl_bench.data.RunLabels`): the run's label vector; a
   method may ``assign`` pseudo-labels or ``reset``; the labeled sampler follows it.
+- **Result columns** (``result_columns``): diagnostics whose last value becomes a column of
+  the run's row (e.g. ``labels_assigned_error``).
 - **Optimiser restarts** (``ctx.restart_optimizer()``): a fresh optimiser and schedule from
   the next step (generations).
 """

@@ -753,3 +753,15 @@ def test_coverage_per_column_needs_bounds_for_every_column(tmp_path, registry):
         'dataset = ["digits", "digits", "digits_inverted", "digits_inverted", "digits_inverted", "digits_inverted"]')
     with pytest.raises(UserError, match=r"no run matches coverage\.target_only = .* for column 'digits'"):
         prepare(str(write_grid(tmp_path, text)), registry, data_dir=tmp_path, data="skip")
+
+
+def test_where_takes_one_value_or_a_list_of_values():
+    from ssl_bench.tables import matches
+
+    run = {"method": "lmcs", "n_labeled": 20, "train_classes": [0, 1]}
+    assert matches(run, {"method": "lmcs", "n_labeled": 20.0})
+    assert matches(run, {"method": ["snowball", "lmcs"]}) and not matches(run, {"method": ["snowball"]})
+    assert not matches(run, {"method": "lmcs", "n_labeled": 50})
+    # a setting that is itself a list is compared whole, not by membership
+    assert matches(run, {"train_classes": [0, 1]}) and not matches(run, {"train_classes": [0]})
+    assert not matches(run, {"label": "x"})  # a key the run does not have
