@@ -30,6 +30,11 @@ DA_COVERAGE = [f"{t} coverage %" for t in DA_TARGETS]
 SNOWBALL_ROWS = ["Mean Teacher ConvNet-13", "Mean Teacher ResNet-26", "Snowball ConvNet-13", "Snowball ResNet-26"]
 #: the rows of its Table 2.9 (one discovery of 500 samples: nearest, random, farthest)
 SNOWBALL_DISCOVERY_ROWS = ["500 + 500 (Min)", "500 + 500 (Random)", "500 + 500 (Max)"]
+#: the rows of its Tables 3.8 (LMCS discovery rules) and 3.10 (LMCS ablation)
+LMCS_DISCOVERY_ROWS = ["No Sample Discovery (Baseline)", "Minimum Distance", "Confined Maximum Entropy",
+                       "Confined Minimum Entropy", "Unconfined Maximum Entropy", "Unconfined Minimum Entropy"]
+LMCS_ABLATION_ROWS = ["Our LMCS Method (Full Algorithm)", "– without Critical Sample Discovery",
+                      "– without Learned Model Composition"]
 
 # table -> (rows, columns) as the paper prints them
 SHAPES = {
@@ -72,9 +77,10 @@ SHAPES = {
         ["supervised", "entmin", "pi_model", "temporal_ensembling", "mean_teacher", "vat", "mixup", "mixmatch",
          "fixmatch", "pseudo_label", "lba", "cclp"], ["100"]),
     **{(f"baselines_{data}_table3_{i}", f"table3_{i}"): (
-        ["pi_model", "pseudo_label", "mixup", "vat", "mean_teacher", "mixmatch"], ["250", "500"])
+        ["pi_model", "pseudo_label", "mixup", "vat", "mean_teacher", "mixmatch", "lmcs"], ["250", "500"])
        for data, i in (("cifar10", 1), ("svhn", 2))},
-    ("baselines_convnet13_table3_3", "table3_3"): (["pi_model", "mean_teacher", "mixmatch"], ["cifar10", "cifar100"]),
+    ("baselines_convnet13_table3_3", "table3_3"): (["pi_model", "mean_teacher", "mixmatch", "lmcs"],
+                                                   ["cifar10", "cifar100"]),
     **{("adc_digits", t): (["k-means on pixels", "adc", "aug only", "assoc_c + norm", "+ assoc_aug"], ["digits"])
        for t in ("head", "best", "kmeans", "nmi")},
     **{("adc_fashion_mnist", t): (["k-means on pixels", "adc"], ["fashion_mnist"])
@@ -110,6 +116,11 @@ SHAPES = {
     ("snowball_lmcs_digits", "discovered_label_error_ablation"): (["", "random", "farthest", "MT + discovery"],
                                                                   ["snowball"]),
     ("snowball_lmcs_digits", "lmcs_discovered_label_error"): (["", "min distance", "without LMC"], ["lmcs"]),
+    # LMCS (seed 003 ch. 3)
+    ("lmcs_table3_4", "table3_4"): (["mixmatch", "lmcs"], ["80", "100", "250", "500"]),
+    ("lmcs_table3_5", "table3_5"): (["mixmatch", "lmcs"], ["100", "250", "500"]),
+    ("lmcs_table3_8", "table3_8"): (LMCS_DISCOVERY_ROWS, ["100"]),
+    ("lmcs_table3_10", "table3_10"): (LMCS_ABLATION_ROWS, ["80", "100", "250"]),
 }
 
 
@@ -169,13 +180,14 @@ def test_paper_grids_have_the_papers_run_counts(registry, tmp_path):
     expected = {"svhn_table3": 240, "svhn_table2": 30, "mnist_table1": 30, "mnist_visit_weight": 40,
                 "svhn_visit_weight": 40, "stl10_lba": 5, "fashion_mnist_table3": 60, "digits_table3": 60,
                 "cclp_table1": 180, "cclp_steps": 600, "cclp_steps_fashion_mnist": 100, "cclp_steps_digits": 100,
-                "baselines_digits": 340, "baselines_cifar10_table3_1": 60, "baselines_svhn_table3_2": 60,
-                "baselines_convnet13_table3_3": 30, "fixmatch_table2": 45, "baselines_fashion_mnist": 36,
+                "baselines_digits": 340, "baselines_cifar10_table3_1": 70, "baselines_svhn_table3_2": 70,
+                "baselines_convnet13_table3_3": 40, "fixmatch_table2": 45, "baselines_fashion_mnist": 36,
                 "da_fashion_mnist_m": 25, "da_table2": 240, "da_mmd_table3": 60,
                 "adc_digits": 25, "adc_fashion_mnist": 10, "adc_table1": 150, "adc_ablation": 60,
                 "snowball_table2_1": 60, "snowball_table2_7": 40, "snowball_table2_2": 95, "snowball_table2_6": 80,
                 "snowball_table2_11": 30, "snowball_table2_3": 20, "snowball_table2_4": 20, "snowball_table2_9": 30,
-                "snowball_lmcs_digits": 80}
+                "snowball_lmcs_digits": 80, "lmcs_table3_4": 40, "lmcs_table3_5": 30, "lmcs_table3_8": 30,
+                "lmcs_table3_10": 45}
     for grid, n in expected.items():
         assert len(prepare(grid, registry, data_dir=tmp_path, data="skip").runs) == n, grid
 

@@ -25,7 +25,7 @@ def test_hooks_declare_the_metrics_with_direction_and_needs():
     for module in (classification, clustering, retrieval, domain):
         metrics.update(by_name(module))
     assert set(metrics) == {"error", "accuracy", "cluster_accuracy", "nmi", "ari", "recall@*", "mmd",
-                            "kmeans_accuracy"}
+                            "kmeans_accuracy", "kmeans_nmi", "precision_at_1", "map_at_r"}
     lower = {name for name, m in metrics.items() if not m.higher_is_better}
     assert lower == {"error", "mmd"}
     assert metrics["recall@*"].is_family and tuple(metrics["recall@*"].needs) == ("embeddings",)

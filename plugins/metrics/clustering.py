@@ -35,6 +35,13 @@ so the same embeddings give the same number). ADC's Table 1 row "ours (ResNet): 
 on the trained network's embeddings) and, on the ``pixels`` backbone with ``steps = 0`` (the
 network as initialised), the row "k-means on pixels". The set is clustered transductively (k-means
 fitted on the evaluated images themselves), as those rows are.
+
+``kmeans_nmi`` (in [0, 1], higher is better): the same seeded k-means clusters of the embeddings
+(k = the classes present, ``kmeans_clusters``), scored as ``nmi`` (sklearn, arithmetic-mean
+normaliser; a fraction, not %): the NMI of the deep-metric-learning papers (Song et al., CVPR
+2016; Musgrave et al., "A Metric Learning Reality Check", ECCV 2020, whose library clusters with
+faiss k-means instead, so its numbers can differ by the clustering found). Invariant to a
+renaming of the classes or the clusters.
 """
 from __future__ import annotations
 
@@ -92,7 +99,7 @@ def ari(collected: Collected) -> float:
     return float(adjusted_rand_score(labels, clusters))
 
 
-#: k-means restarts (best inertia kept) for ``kmeans_accuracy``
+#: k-means restarts (best inertia kept) for ``kmeans_accuracy`` and ``kmeans_nmi``
 KMEANS_INIT = 5
 
 
@@ -103,18 +110,39 @@ def kmeans_clusters(embeddings: np.ndarray, k: int) -> np.ndarray:
     return KMeans(n_clusters=k, n_init=KMEANS_INIT, random_state=0).fit_predict(embeddings)
 
 
-def kmeans_accuracy(collected: Collected) -> float:
-    """cluster_accuracy of k-means (k = the classes present) on the set's embeddings."""
+def _kmeans_of_embeddings(collected: Collected, name: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """(labels, k-means cluster ids) of the set's embeddings, k = the classes present (at most
+    the distinct embeddings); None for an empty set."""
     if collected.embeddings is None:
-        raise ValueError("metric 'kmeans_accuracy' needs the embeddings, and none were collected")
+        raise ValueError(f"metric {name!r} needs the embeddings, and none were collected")
     labels = collected.labels.detach().reshape(-1).to("cpu", torch.int64).numpy()
     if len(labels) == 0:
-        return math.nan
+        return None
     embeddings = collected.embeddings.detach().to("cpu", torch.float64).reshape(len(labels), -1).numpy()
     k = min(len(np.unique(labels)), len(np.unique(embeddings, axis=0)))
-    clusters = kmeans_clusters(embeddings, k)
+    return labels, kmeans_clusters(embeddings, k)
+
+
+def kmeans_accuracy(collected: Collected) -> float:
+    """cluster_accuracy of k-means (k = the classes present) on the set's embeddings."""
+    pair = _kmeans_of_embeddings(collected, "kmeans_accuracy")
+    if pair is None:
+        return math.nan
+    labels, clusters = pair
     table = contingency(labels, clusters)
     return _matched_accuracy(table, len(labels))
+
+
+def kmeans_nmi(collected: Collected) -> float:
+    """NMI in [0, 1] (arithmetic-mean normaliser) of k-means (k = the classes present) on the
+    set's embeddings: the deep-metric-learning papers' NMI."""
+    from sklearn.metrics import normalized_mutual_info_score
+
+    pair = _kmeans_of_embeddings(collected, "kmeans_nmi")
+    if pair is None:
+        return math.nan
+    labels, clusters = pair
+    return float(normalized_mutual_info_score(labels, clusters, average_method="arithmetic"))
 
 
 def _matched_accuracy(table: np.ndarray, n: int) -> float:
@@ -138,4 +166,7 @@ def ssl_bench_metrics():
         Metric("kmeans_accuracy", kmeans_accuracy, higher_is_better=True, needs=("embeddings",),
                help="cluster_accuracy (%) of seeded k-means (k = classes) on the set's embeddings "
                     "(ADC Table 1's k-means rows; on backbone pixels with steps = 0: k-means on pixels)"),
+        Metric("kmeans_nmi", kmeans_nmi, higher_is_better=True, needs=("embeddings",),
+               help="nmi (in [0, 1], not %) of seeded k-means (k = classes) on the set's embeddings: "
+                    "the NMI of the deep-metric-learning papers"),
     ]
