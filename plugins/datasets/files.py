@@ -1,6 +1,8 @@
 """Shared helpers of the file-based data-set plugins (no hooks here): where files are looked
-for, a checksummed download, archive extraction, per-channel statistics, and image decoding and
-bilinear resizing with PIL (with a sha256 of the arrays read, for releases without checksums).
+for, a checksummed download, archive extraction, per-channel statistics, image decoding and
+bilinear resizing with PIL (with a sha256 of the arrays read, for releases without checksums), and
+the folders ``ssl-bench data build`` writes: arrays plus a sha256 manifest, written atomically and
+checked on load.
 
 Where a data set's files are looked for
     ``data_dir / NAME`` first, where ``data_dir`` is what ``load`` receives (the core resolves it:
@@ -25,13 +27,14 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import json
 import os
 import shutil
 import sys
 import tarfile
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -241,11 +244,14 @@ def resize_bilinear(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return out
 
 
-def pil_rgb(path: str | os.PathLike, size: tuple[int, int], box: tuple[int, int, int, int] | None = None) -> np.ndarray:
-    """An image file (any format PIL reads: PNG, PPM, ...) as uint8 3 x size[0] x size[1]: converted
-    to RGB, cropped to ``box`` = (left, upper, right, lower) in PIL's convention (right and lower
-    exclusive) if given, then resized with PIL's BILINEAR filter. UserError naming the file if PIL
-    cannot read it."""
+def pil_rgb(path: str | os.PathLike, size: int | tuple[int, int], box: tuple[int, int, int, int] | None = None,
+            clip: bool = False) -> np.ndarray:
+    """An image file (any format PIL reads: PNG, PPM, JPEG, ...) as uint8 3 x size[0] x size[1]
+    (3 x size x size for a whole number): converted to RGB, cropped to ``box`` = (left, upper,
+    right, lower) in PIL's convention (right and lower exclusive) if given, then resized with PIL's
+    BILINEAR filter. With ``clip`` the box is first clipped to the image (a box with nothing
+    inside it is a UserError); without, PIL pads a box reaching outside with black. UserError
+    naming the file if PIL cannot read it."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -254,8 +260,14 @@ def pil_rgb(path: str | os.PathLike, size: tuple[int, int], box: tuple[int, int,
     except (OSError, UnidentifiedImageError, ValueError) as exc:
         raise UserError(f"{path}: cannot read the image ({type(exc).__name__}: {exc})") from exc
     if box is not None:
+        if clip:
+            w, h = image.size
+            clipped = (max(0, box[0]), max(0, box[1]), min(w, box[2]), min(h, box[3]))
+            if clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
+                raise UserError(f"{path}: bounding box {box} lies outside the {w}x{h} image")
+            box = clipped
         image = image.crop(box)
-    h, w = size
+    h, w = (size, size) if isinstance(size, int) else size
     return np.asarray(image.resize((w, h), Image.BILINEAR)).transpose(2, 0, 1)
 
 
@@ -267,3 +279,78 @@ def arrays_sha256(*arrays: np.ndarray) -> str:
     for a in arrays:
         h.update(np.ascontiguousarray(a).data)  # the buffer itself: no copy of a large array
     return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- built (cached) folders
+#: the manifest of a folder written by ``ssl-bench data build`` (:func:`write_with_manifest`)
+MANIFEST = "manifest.json"
+
+
+def write_with_manifest(target: Path, arrays: Mapping[str, np.ndarray], save: Callable[[Path, np.ndarray], None],
+                        manifest: dict, heading: str, entry_fields: Sequence[str] = ()) -> str:
+    """Write ``arrays`` (file name -> array, each file written by ``save(path, array)``) and a
+    :data:`MANIFEST` to the folder ``target``, atomically: into a temporary folder beside it,
+    then renamed into place, replacing an older one. The manifest is ``manifest`` plus ``files``:
+    per file its ``shape``, the ``entry_fields`` asked for (``dtype``: the array's; ``bytes``: the
+    file's size) and its ``sha256``. Returns the report the build command prints: ``heading``,
+    each file's sha256 (``sha256sum`` style) and the manifest's path."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.{os.getpid()}.tmp"
+    old = target.parent / f".{target.name}.{os.getpid()}.old"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        entries = {}
+        for file, array in arrays.items():
+            save(tmp / file, array)
+            entry = {"shape": list(array.shape)}
+            if "dtype" in entry_fields:
+                entry["dtype"] = str(array.dtype)
+            if "bytes" in entry_fields:
+                entry["bytes"] = (tmp / file).stat().st_size
+            entries[file] = {**entry, "sha256": file_digest(tmp / file, "sha256")}
+        (tmp / MANIFEST).write_text(json.dumps({**manifest, "files": entries}, indent=2) + "\n")
+        if target.exists():
+            os.replace(target, old)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+    lines = [heading]
+    lines += [f"{e['sha256']}  {target / file}" for file, e in entries.items()]
+    lines.append(f"manifest: {target / MANIFEST}")
+    return "\n".join(lines)
+
+
+def verify_manifest(folder: Path, name: str, file_names: Sequence[str], rebuild: str, expect: Mapping[str, object],
+                    show: Callable[[Mapping], str], fields: Mapping[str, Callable[[object], object]]) -> dict | None:
+    """A built folder checked against its :data:`MANIFEST`: None if it has none; else the
+    manifest, with each of its ``fields`` converted by its function (e.g. ``{"description": str}``),
+    once it names data set ``name`` with the values of ``expect`` (e.g. ``{"seed": 0}``) and every
+    file of ``file_names`` is there with the sha256 it lists. Each failure is a UserError ending in
+    ``rebuild`` (how to rebuild the folder): a manifest that cannot be read or lacks a file or
+    field, one describing another data set or other values (both written as ``show`` writes them),
+    a missing file, or a file whose sha256 differs."""
+    manifest_path = folder / MANIFEST
+    if not manifest_path.is_file():
+        return None
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        wanted = {f: manifest["files"][f]["sha256"] for f in file_names}
+        for key, convert in fields.items():
+            manifest[key] = convert(manifest[key])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"{manifest_path}: not a manifest of a built {name} ({type(exc).__name__}: {exc}); "
+                        f"{rebuild}") from None
+    if manifest.get("dataset") != name or any(manifest.get(k) != v for k, v in expect.items()):
+        raise UserError(f"{manifest_path} describes {manifest.get('dataset')!r} {show(manifest)}, not {name!r} "
+                        f"{show(expect)}; {rebuild}")
+    for file, want in wanted.items():
+        path = folder / file
+        if not path.is_file():
+            raise UserError(f"built {name}: {path} is missing (listed in {manifest_path}); {rebuild}")
+        got = file_digest(path, "sha256")
+        if got != want:
+            raise UserError(f"built {name}: {path} has sha256 {got}, but {manifest_path} says {want}: the file is "
+                            f"corrupt or was changed since it was built; {rebuild}")
+    return manifest

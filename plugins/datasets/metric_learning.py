@@ -115,7 +115,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -139,7 +138,6 @@ CUB_URL = "https://data.caltech.edu/records/65de6-vp158 (CUB_200_2011.tgz)"
 CARS_URL = "https://ai.stanford.edu/~jkrause/cars/car_dataset.html (often down; pytorch/vision#7545 names mirrors)"
 SOP_URL = "https://cvgl.stanford.edu/projects/lifted_struct/ (Stanford_Online_Products.zip)"
 BUILT_FILES = ("train_x.npy", "train_y.npy", "test_x.npy", "test_y.npy")
-MANIFEST = "manifest.json"
 #: threads decoding JPEGs
 THREADS = max(1, min(8, os.cpu_count() or 1))
 
@@ -162,32 +160,14 @@ def check_size(name: str, size: int) -> None:
         raise UserError(f"datasets.{name}.size must be a positive whole number of pixels, got {size!r}")
 
 
-def decode(path: Path, size: int, box: Box | None = None) -> np.ndarray:
-    """One image file as uint8 3 x size x size: RGB, cropped to ``box`` (PIL's (left, upper,
-    right, lower), clipped to the image) if given, resized with PIL's BILINEAR filter. UserError
-    naming the file if PIL cannot read it."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            image = image.convert("RGB")
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
-        raise UserError(f"{path}: cannot read the image ({type(exc).__name__}: {exc})") from exc
-    if box is not None:
-        w, h = image.size
-        clipped = (max(0, box[0]), max(0, box[1]), min(w, box[2]), min(h, box[3]))
-        if clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
-            raise UserError(f"{path}: bounding box {box} lies outside the {w}x{h} image")
-        image = image.crop(clipped)
-    return np.asarray(image.resize((size, size), Image.BILINEAR)).transpose(2, 0, 1)
-
-
 def decode_all(paths: Sequence[Path], size: int, boxes: Sequence[Box] | None = None) -> np.ndarray:
-    """Images as uint8 N x 3 x size x size, in the order of ``paths``, decoded by a thread pool."""
+    """Images as uint8 N x 3 x size x size, in the order of ``paths``, decoded by a thread pool:
+    RGB, cropped to the box (PIL's (left, upper, right, lower), clipped to the image) if given,
+    resized with PIL's BILINEAR filter (``files.pil_rgb``); UserError naming a file PIL cannot read."""
     out = np.empty((len(paths), 3, size, size), dtype=np.uint8)
 
     def one(i: int) -> None:
-        out[i] = decode(paths[i], size, None if boxes is None else boxes[i])
+        out[i] = files.pil_rgb(paths[i], size, None if boxes is None else boxes[i], clip=True)
 
     pool = ThreadPoolExecutor(THREADS)
     try:
@@ -266,64 +246,31 @@ def write_built(ds: ImageDataset, data_dir, size: int, crop: bool | None) -> str
     """Write a decoded data set's arrays and manifest to :func:`built_dir` (atomically); returns
     the report the build command prints (the folder and each file's sha256, sha256sum style)."""
     target = built_dir(ds.name, data_dir, size, bool(crop))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.{os.getpid()}.tmp"
-    old = target.parent / f".{target.name}.{os.getpid()}.old"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        entries = {}
-        for file, tensor in zip(BUILT_FILES, (ds.train_x, ds.train_y, ds.test_x, ds.test_y)):
-            array = tensor.numpy()
-            np.save(tmp / file, array, allow_pickle=False)
-            entries[file] = {"shape": list(array.shape), "dtype": str(array.dtype),
-                             "sha256": files.file_digest(tmp / file, "sha256")}
-        manifest = {"dataset": ds.name, "params": _params(size, crop), "num_classes": ds.num_classes,
-                    "description": ds.description, "files": entries}
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        if target.exists():
-            os.replace(target, old)
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
+    arrays = {file: tensor.numpy() for file, tensor in zip(BUILT_FILES, (ds.train_x, ds.train_y, ds.test_x, ds.test_y))}
     given = ", ".join(f"{k}={json.dumps(v)}" for k, v in _params(size, crop).items())
-    lines = [f"{ds.name} ({given}): {len(ds.train_y)} train "
-             f"/ {len(ds.test_y)} test images written to {target}"]
-    lines += [f"{e['sha256']}  {target / file}" for file, e in entries.items()]
-    lines.append(f"manifest: {target / MANIFEST}")
-    return "\n".join(lines)
+    return files.write_with_manifest(
+        target, arrays, lambda path, array: np.save(path, array, allow_pickle=False),
+        {"dataset": ds.name, "params": _params(size, crop), "num_classes": ds.num_classes,
+         "description": ds.description},
+        f"{ds.name} ({given}): {len(ds.train_y)} train / {len(ds.test_y)} test images written to {target}",
+        entry_fields=("dtype",))
 
 
 def load_built(name: str, data_dir, size: int, crop: bool | None) -> ImageDataset | None:
     """The built arrays of these parameters, every file's sha256 checked against the manifest;
     None if there is no manifest (then the images are decoded on load)."""
     folder = built_dir(name, data_dir, size, bool(crop))
-    manifest_path = folder / MANIFEST
-    if not manifest_path.is_file():
-        return None
     sets = " ".join(f"--set {k}={str(v).lower()}" for k, v in _params(size, crop).items())
     rebuild = (f"rebuild it with `ssl-bench data build {name} {sets} --data-dir {Path(data_dir).expanduser()}`, "
                f"or delete {folder} to decode the images on load")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-        wanted = {f: manifest["files"][f]["sha256"] for f in BUILT_FILES}
-        description, num_classes = str(manifest["description"]), int(manifest["num_classes"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise UserError(f"{manifest_path}: not a manifest of a built {name} ({type(exc).__name__}: {exc}); "
-                        f"{rebuild}") from None
-    if manifest.get("dataset") != name or manifest.get("params") != _params(size, crop):
-        raise UserError(f"{manifest_path} describes {manifest.get('dataset')!r} {manifest.get('params')}, not {name!r} "
-                        f"{_params(size, crop)}; {rebuild}")
+    manifest = files.verify_manifest(folder, name, BUILT_FILES, rebuild, {"params": _params(size, crop)},
+                                     lambda m: str(m.get("params")), {"description": str, "num_classes": int})
+    if manifest is None:
+        return None
+    description, num_classes = manifest["description"], manifest["num_classes"]
     arrays = []
-    for file, want in wanted.items():
+    for file in BUILT_FILES:
         path = folder / file
-        if not path.is_file():
-            raise UserError(f"built {name}: {path} is missing (listed in {manifest_path}); {rebuild}")
-        got = files.file_digest(path, "sha256")
-        if got != want:
-            raise UserError(f"built {name}: {path} has sha256 {got}, but {manifest_path} says {want}: the file is "
-                            f"corrupt or was changed since it was built; {rebuild}")
         try:
             arrays.append(np.load(path, allow_pickle=False))
         except (OSError, ValueError) as exc:

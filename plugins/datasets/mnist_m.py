@@ -47,9 +47,6 @@ dissertation's only augmentation for MNIST -> MNIST-M ("MNIST ... randomly inver
 from __future__ import annotations
 
 import hashlib
-import json
-import os
-import shutil
 import struct
 from pathlib import Path
 
@@ -64,7 +61,6 @@ from ssl_bench_plugins.datasets.mnist import load_fashion_mnist, load_mnist, rea
 #: the built files of one seed, in ``DATA_DIR/NAME/seedS/`` (module docstring)
 BUILT_FILES = ("train-images-idx4-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx4-ubyte",
                "t10k-labels-idx1-ubyte")
-MANIFEST = "manifest.json"
 FORMAT = ("idx (LeCun et al.), uncompressed: images 00 00 08 04 + N, 3, H, W (uint32 big-endian) + "
           "N x C x H x W ubyte; labels 00 00 08 01 + N + N ubyte")
 #: the view pipelines of a built set without its grey source loaded: the grey data set's
@@ -142,61 +138,26 @@ def write_built(ds: ImageDataset, data_dir, seed: int) -> str:
     if ds.num_classes > 256:
         raise ValueError(f"{ds.name}: labels must fit in a byte")
     target = built_dir(ds.name, data_dir, seed)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.{os.getpid()}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        arrays = (ds.train_x.numpy(), ds.train_y.numpy().astype(np.uint8), ds.test_x.numpy(),
-                  ds.test_y.numpy().astype(np.uint8))
-        entries = {}
-        for name, array in zip(BUILT_FILES, arrays):
-            write_idx(tmp / name, array)
-            entries[name] = {"shape": list(array.shape), "bytes": (tmp / name).stat().st_size,
-                             "sha256": files.file_digest(tmp / name, "sha256")}
-        manifest = {"dataset": ds.name, "seed": seed, "description": ds.description, "format": FORMAT,
-                    "files": entries}
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        old = target.parent / f".{target.name}.{os.getpid()}.old"
-        if target.exists():
-            os.replace(target, old)
-        os.replace(tmp, target)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    lines = [f"{ds.name} (seed {seed}): {len(ds.train_y)} train / {len(ds.test_y)} test images written to {target}"]
-    lines += [f"{e['sha256']}  {target / name}" for name, e in entries.items()]
-    lines.append(f"manifest: {target / MANIFEST}")
-    return "\n".join(lines)
+    arrays = (ds.train_x.numpy(), ds.train_y.numpy().astype(np.uint8), ds.test_x.numpy(),
+              ds.test_y.numpy().astype(np.uint8))
+    return files.write_with_manifest(
+        target, dict(zip(BUILT_FILES, arrays)), write_idx,
+        {"dataset": ds.name, "seed": seed, "description": ds.description, "format": FORMAT},
+        f"{ds.name} (seed {seed}): {len(ds.train_y)} train / {len(ds.test_y)} test images written to {target}",
+        entry_fields=("bytes",))
 
 
 def load_built(name: str, data_dir, seed: int) -> ImageDataset | None:
     """The built data set ``name`` of ``seed`` from :func:`built_dir`, every file's sha256
     checked against the manifest; None if there is no manifest (then it is built on load)."""
     folder = built_dir(name, data_dir, seed)
-    manifest_path = folder / MANIFEST
-    if not manifest_path.is_file():
-        return None
     rebuild = (f"rebuild it with `ssl-bench data build {name} --set seed={seed} --data-dir {Path(data_dir).expanduser()}`"
                f", or delete {folder} to build it on load")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-        entries = {f: manifest["files"][f]["sha256"] for f in BUILT_FILES}
-        description = str(manifest["description"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise UserError(f"{manifest_path}: not a manifest of a built {name} ({type(exc).__name__}: {exc}); "
-                        f"{rebuild}") from None
-    if manifest.get("dataset") != name or manifest.get("seed") != seed:
-        raise UserError(f"{manifest_path} describes {manifest.get('dataset')!r} seed {manifest.get('seed')!r}, not "
-                        f"{name!r} seed {seed}; {rebuild}")
-    for file, want in entries.items():
-        path = folder / file
-        if not path.is_file():
-            raise UserError(f"built {name}: {path} is missing (listed in {manifest_path}); {rebuild}")
-        got = files.file_digest(path, "sha256")
-        if got != want:
-            raise UserError(f"built {name}: {path} has sha256 {got}, but {manifest_path} says {want}: the file is "
-                            f"corrupt or was changed since it was built; {rebuild}")
+    manifest = files.verify_manifest(folder, name, BUILT_FILES, rebuild, {"seed": seed},
+                                     lambda m: f"seed {m.get('seed')!r}", {"description": str})
+    if manifest is None:
+        return None
+    description = manifest["description"]
     train_x, train_y, test_x, test_y = (read_idx(folder / f) for f in BUILT_FILES)
     for x, y, split in ((train_x, train_y, "train"), (test_x, test_y, "t10k")):
         if x.dtype != np.uint8 or x.ndim != 4 or y.ndim != 1 or len(x) != len(y):
