@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from ssl_bench import Batch, TrainContext
+from ssl_bench import Batch, TrainContext, UserError
 from ssl_bench.engine import packable, train_pack, train_run
 from ssl_bench.grid import expand, load_grid
 from ssl_bench.registry import load_registry
@@ -177,10 +177,9 @@ def test_mean_teacher_without_ema_decay_says_so(reg, tmp_path, digits):
     batch = Batch(tensor([[2, 0]]), torch.tensor([0]), None)
     with pytest.raises(ValueError, match="ema_decay"):
         MeanTeacher().loss_terms(batch, identity_model(), context(0, ema_model=None))
-    # in a run: a failed outcome whose error names the missing key
-    (config,) = configs(reg, tmp_path, "mean_teacher", extra="")
-    outcome = train_run(config, reg, digits, CPU)
-    assert outcome.status == "failed" and "set the protocol key ema_decay > 0" in outcome.error
+    # in a grid: an error when the grid is read, before any training (Method.needs_ema)
+    with pytest.raises(UserError, match="method mean_teacher needs a teacher: set ema_decay > 0"):
+        configs(reg, tmp_path, "mean_teacher", extra="")
 
 
 # --------------------------------------------------------------------------- end to end on the digits
