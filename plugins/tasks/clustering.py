@@ -6,7 +6,9 @@ No label reaches training: ``n_labeled`` must be 0, batches carry no labels
 ``n_unlabeled`` training images. The head has one output per class (a method may ask for
 more, over-clustering, through ``Method.head_width``); its argmax is the cluster.
 
-Evaluated on the test set (``test_*``) and the whole training set (``train_*``) with
+Evaluated on the test set (``test_*``) and the training images the run clusters, its
+unlabeled set (``train_*``; the whole training set when ``n_unlabeled = "all"``; the whole
+training set too when the unlabeled images come from a separate pool), with
 ``cluster_accuracy`` (the best one-to-one matching of clusters to classes, Hungarian
 algorithm), ``nmi`` and ``ari``.
 """
@@ -43,8 +45,10 @@ class Clustering(Task):
         ds = data["source"]
         subsets = draw_subsets(ds.train_y.numpy(), ds.num_classes, seed=config["seed"], n_labeled=0,
                                n_unlabeled=config["n_unlabeled"], overlap=True, unlabeled_pool=ds.unlabeled_pool)
+        clustered = None if ds.unlabeled_x is not None else np.unique(subsets.unlabeled)
         return Plan(domains={"source": ds}, labels=np.full(len(ds.train_y), -1, dtype=np.int64), subsets=subsets,
-                    eval_sets=[EvalSpec("test", "source", "test"), EvalSpec("train", "source", "train")],
+                    eval_sets=[EvalSpec("test", "source", "test"),
+                               EvalSpec("train", "source", "train", indices=clustered)],
                     num_outputs=ds.num_classes, unlabeled_from_pool=ds.unlabeled_x is not None)
 
 
