@@ -84,7 +84,15 @@ def _write_atomic(path: Path, write) -> None:
 
 
 def row_table(row: dict[str, Any], schema: pa.Schema) -> pa.Table:
-    return pa.Table.from_pylist([{name: row.get(name) for name in schema.names}], schema=schema)
+    """One row in the schema; a number in a string column (a plugin's count setting, "all" or a
+    number, e.g. svhn's extra_count = 5) is stored as its text."""
+    def cell(field: pa.Field):
+        value = row.get(field.name)
+        if value is not None and pa.types.is_string(field.type) and not isinstance(value, str):
+            return str(value)
+        return value
+
+    return pa.Table.from_pylist([{f.name: cell(f) for f in schema}], schema=schema)
 
 
 #: one schema for every curve file, so the curves folder reads as one table; the method's

@@ -765,3 +765,13 @@ def test_where_takes_one_value_or_a_list_of_values():
     # a setting that is itself a list is compared whole, not by membership
     assert matches(run, {"train_classes": [0, 1]}) and not matches(run, {"train_classes": [0]})
     assert not matches(run, {"label": "x"})  # a key the run does not have
+
+
+def test_a_number_in_a_string_column_is_stored_as_its_text():
+    import pyarrow as pa
+
+    schema = pa.schema([("datasets.svhn.extra_count", pa.string()), ("lr", pa.float64())])
+    table = results_module.row_table({"datasets.svhn.extra_count": 5, "lr": 0.1}, schema)
+    assert table.to_pylist() == [{"datasets.svhn.extra_count": "5", "lr": 0.1}]
+    assert results_module.row_table({"datasets.svhn.extra_count": "all"}, schema).to_pylist()[0][
+        "datasets.svhn.extra_count"] == "all"
