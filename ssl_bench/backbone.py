@@ -23,11 +23,22 @@ class Backbone:
 
     Keyword arguments of ``build`` (typed, defaulted) are the backbone's parameters, given in a
     grid under ``[base.backbones.NAME]``. A family (name ending in ``*``) gets ``variant``.
+
+    Feature maps (optional): a module with ``feature_points`` (names of its stages, shallow to
+    deep), ``forward_to(x, point)`` (images -> the N x C x h x w map at ``point``) and
+    ``forward_from(map, point)`` (that map -> the embedding) lets methods put their own layers
+    between the two (TAC-CCL's attention, SAN's spatial assembly). A module with
+    ``load_pretrained_state(state)`` decides itself how a weights file fits it (e.g. an
+    ImageNet classifier's file into the trunk only).
+
+    ``pretrained_hint``: when set, a run of this backbone without ``pretrained`` gets a note
+    that its weights are random (the papers that use it start from pretrained weights).
     """
 
     name: str
     build: Callable[..., nn.Module]
     help: str = ""
+    pretrained_hint: str = ""
 
     @property
     def is_family(self) -> bool:
@@ -45,11 +56,12 @@ class Classifier(nn.Module):
     ``"embedding"``; otherwise only ``"embedding"``). ``extras`` holds the method's own modules (``Method.build_modules``);
     empty, it adds nothing to the state dict."""
 
-    def __init__(self, backbone: nn.Module, num_classes: int):
+    def __init__(self, backbone: nn.Module, num_classes: int, input_shape: tuple[int, int, int] | None = None):
         super().__init__()
         self.backbone = backbone
         self.head = nn.Linear(backbone.embedding_dim, num_classes)
         self.extras = nn.ModuleDict()
+        self.input_shape = input_shape
 
     @property
     def embedding_dim(self) -> int:
@@ -65,6 +77,52 @@ class Classifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))
+
+    # ------------------------------------------------------------ feature maps (see Backbone)
+    @property
+    def feature_points(self) -> tuple[str, ...]:
+        """The backbone's stages a method can act on, shallow to deep (empty: none)."""
+        return tuple(getattr(self.backbone, "feature_points", ()))
+
+    def feature_point(self, point: str = "") -> str:
+        """``point`` checked against the backbone's stages ("": the deepest)."""
+        from .errors import UserError
+
+        points = self.feature_points
+        if not points:
+            raise UserError(f"backbone {type(self.backbone).__name__} exposes no feature maps (feature_points, "
+                            f"forward_to, forward_from), which this method acts on; use one that does, e.g. "
+                            f"lba_convnet, cifar_resnet20, googlenet or resnet18")
+        if not point:
+            return points[-1]
+        if point not in points:
+            raise UserError(f"feature map {point!r} is not a stage of backbone {type(self.backbone).__name__}; "
+                            f"its stages: {', '.join(points)}")
+        return point
+
+    def feature_map(self, x: torch.Tensor, point: str = "") -> torch.Tensor:
+        """The N x C x h x w feature map at ``point`` ("": the deepest stage)."""
+        point = self.feature_point(point)  # first: a backbone without feature maps is a UserError
+        return self.backbone.forward_to(x, point)
+
+    def embed_map(self, feature_map: torch.Tensor, point: str = "") -> torch.Tensor:
+        """The rest of the backbone: a (changed) feature map at ``point`` -> the embedding."""
+        point = self.feature_point(point)
+        return self.backbone.forward_from(feature_map, point)
+
+    @torch.no_grad()
+    def feature_shape(self, point: str = "") -> tuple[int, int, int]:
+        """(C, h, w) of the feature map at ``point`` for this network's input shape (one zero image
+        through the network in eval mode: no batch-norm statistics change)."""
+        if self.input_shape is None:
+            raise ValueError("feature_shape needs the network's input_shape (models from create_model have it)")
+        mode = self.training
+        self.eval()
+        try:
+            device = next(self.parameters()).device
+            return tuple(self.feature_map(torch.zeros(1, *self.input_shape, device=device), point).shape[1:])
+        finally:
+            self.train(mode)
 
 
 def l2_penalty(model: nn.Module) -> torch.Tensor:
@@ -96,6 +154,9 @@ def load_pretrained(backbone: nn.Module, path: str | Path) -> None:
         raise UserError(f"pretrained = {str(path)!r} is not a readable torch state_dict: {type(exc).__name__}: {exc}") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
+    if hasattr(backbone, "load_pretrained_state"):  # the backbone knows which of the file's weights it takes
+        backbone.load_pretrained_state(state, where=f"pretrained = {str(path)!r}")
+        return
     try:
         backbone.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -122,4 +183,4 @@ def create_model(name: str, input_shape: tuple[int, int, int], num_classes: int,
     backbone = spec.build(tuple(input_shape), **args)
     if pretrained:
         load_pretrained(backbone, pretrained)
-    return Classifier(backbone, num_classes)
+    return Classifier(backbone, num_classes, tuple(input_shape))

@@ -262,7 +262,7 @@ class Objective(nn.Module):
         if mode == "scores":
             return self.method.predict(self.eval_net(), tensors["x"])
         if mode == "embed":
-            return self.eval_net().embed(tensors["x"])
+            return self.method.embed(self.eval_net(), tensors["x"])
         terms = self.method.loss_terms(batch_from_tensors(tensors), self.model, self.ctx)
         check_terms(self.method, terms)
         if self.l2_weight:
@@ -405,7 +405,8 @@ class _Networks:
             with self.autocast:
                 if self.k == 1:
                     scores = self.method.predict(nets[0], inputs if shared else inputs[0])[None]
-                    emb = nets[0].embed(inputs if shared else inputs[0])[None] if want_embeddings else None
+                    emb = (self.method.embed(nets[0], inputs if shared else inputs[0])[None] if want_embeddings
+                           else None)
                 else:
                     scores = self._vmapped({"x": inputs}, "scores", shared)
                     emb = self._vmapped({"x": inputs}, "embed", shared) if want_embeddings else None
@@ -514,6 +515,7 @@ class _Pack:
         for run in self.runs:
             seed = run.config["seed"]
             run.plan = plan = plan_run(run.config, self.registry, data)
+            self.method.check(plan)
             torch.manual_seed(seed)
             labeled = plan.domains[plan.labeled_domain]
             models.append(build_model(run.config, self.registry, labeled, plan.num_outputs, self.method).to(device))
@@ -534,7 +536,8 @@ class _Pack:
         self.nets = _Networks(models, self.method, [r.ctx for r in self.runs], config, self.options, device)
         self.new_optimizer()
         plan = self.runs[0].plan
-        self.want_labeled = len(plan.subsets.labeled) > 0
+        source = self.method.label_source  # "own": the method labels images itself (ctx.labels.assign)
+        self.want_labeled = source == "own" or (source == "given" and len(plan.subsets.labeled) > 0)
         self.want_unlabeled = self.method.uses_unlabeled and config["unlabeled_batch"] > 0
         self.eval_sets = self._eval_sets()
         self.k = len(self.runs)

@@ -46,13 +46,16 @@ class FigureView:
     title: str
     plan: Plan
     seed: int
+    #: the run's method: its :meth:`~ssl_bench.Method.embed` gives the embeddings (None: ``model.embed``)
+    method: Any = None
 
     @torch.no_grad()
     def embed(self, images_uint8: torch.Tensor, domain: Domain | None = None, chunk: int = 1000) -> torch.Tensor:
         """Embeddings of uint8 images, normalised as ``domain``'s (default: the labeled domain's)."""
         normalise = (domain or self.data.domain).normalise
         x = images_uint8.to(self.data.device)
-        return torch.cat([self.model.embed(normalise(x[i:i + chunk])) for i in range(0, max(len(x), 1), chunk)])
+        embed = self.model.embed if self.method is None else (lambda inputs: self.method.embed(self.model, inputs))
+        return torch.cat([embed(normalise(x[i:i + chunk])) for i in range(0, max(len(x), 1), chunk)])
 
     def domain(self, role: str) -> Domain:
         """The run's data set in role ``role`` (a key of ``plan.domains``) on the device."""
@@ -305,8 +308,9 @@ def view_for_run(prepared, registry, run, *, out: Path, device: torch.device, tr
     plan = plan_run(cfg, registry, data)
     dataset = plan.domains[plan.labeled_domain]
     weights = results.models_dir(out, grid.name) / f"{run.run_id}.pt"
+    method = build_method(cfg, registry)
     if weights.exists():
-        model = build_model(cfg, registry, dataset, plan.num_outputs, build_method(cfg, registry))
+        model = build_model(cfg, registry, dataset, plan.num_outputs, method)
         model.load_state_dict(torch.load(weights, map_location="cpu"))
     elif train:
         log(f"training run {run.run_id} for the figure ({cfg['steps']} steps)")
@@ -330,7 +334,7 @@ def view_for_run(prepared, registry, run, *, out: Path, device: torch.device, tr
     target = f" -> {cfg['target']}" if cfg.get("target") else ""
     title = f"{grid.name} run {run.run_id}: {cfg['method']} on {cfg['dataset']}{target}, " \
             f"n_labeled={cfg['n_labeled']}, n_unlabeled={cfg['n_unlabeled']}, seed={cfg['seed']}"
-    return FigureView(model, data, dataset, subsets, generator, title, plan, cfg["seed"])
+    return FigureView(model, data, dataset, subsets, generator, title, plan, cfg["seed"], method)
 
 
 def figure_for_run(prepared, registry, run_prefix: str, kind: str, *, out: Path, device: torch.device,

@@ -75,7 +75,7 @@ TOP_KEYS = {"name", "description", "base", "axes", "zip", "exclude", "table", "s
 #: what --smoke sets, before the grid's own [smoke] table and the user's --set options
 SMOKE_DEFAULTS = {"steps": 2, "eval_every": 1}
 TABLE_KEYS = {"name", "rows", "columns", "metric", "statistic", "spread", "format", "caption", "where", "reference",
-              "select", "coverage"}
+              "select", "coverage", "metrics"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,6 +93,18 @@ class TableSpec:
     select: str = ""  # a result column: per cell, keep the setting whose median of it is best
     #: domain adaptation: {"source_only": {filter}, "target_only": {filter}}; adds a coverage column
     coverage: dict = dataclasses.field(default_factory=dict)
+    #: several metrics as the columns (``columns = "metric"``), e.g. Recall@1/2/4/8; each column is
+    #: labeled with its metric's name without the ``test_`` prefix (``recall@1``)
+    metrics: list = dataclasses.field(default_factory=list)
+
+
+#: the ``columns`` value of a table whose columns are its ``metrics``
+METRIC_COLUMNS = "metric"
+
+
+def metric_label(metric: str) -> str:
+    """A metric's column label in a ``columns = "metric"`` table: ``test_recall@1`` -> ``recall@1``."""
+    return metric[len("test_"):] if metric.startswith("test_") else metric
 
 
 @dataclasses.dataclass(frozen=True)
@@ -262,6 +274,14 @@ def _table_spec(raw: dict, where: str, path: Path | None) -> TableSpec:
     for key in ("name", "rows", "columns"):
         if not isinstance(raw.get(key), str):
             raise UserError(f"{where}: every [[table]] needs a string {key!r}")
+    if "metrics" in raw or raw.get("columns") == METRIC_COLUMNS:
+        metrics = raw.get("metrics")
+        if (raw.get("columns") != METRIC_COLUMNS or not isinstance(metrics, list) or not metrics
+                or not all(isinstance(m, str) and m for m in metrics)):
+            raise UserError(f"{where}: table {raw.get('name')!r}: metrics as columns need columns = "
+                            f"\"{METRIC_COLUMNS}\" and metrics = a list of result columns, e.g. "
+                            f"[\"test_recall@1\", \"test_recall@2\"]")
+        raw = {**raw, "metric": raw.get("metric", metrics[0])}
     spec = TableSpec(**{k: v for k, v in raw.items() if k != "reference"},
                      reference=(path.parent if path else Path.cwd()) / raw["reference"] if raw.get("reference") else None)
     # the metric is checked against the runs' result columns when the grid is prepared
@@ -376,6 +396,11 @@ def resolve(flat: dict[str, Any], registry) -> dict:
         raise UserError(f"method {config['method']} needs a teacher: set ema_decay > 0 (the engine then keeps the "
                         "EMA of the weights and hands it to the loss as ctx.ema_model), e.g. ema_decay = 0.999 "
                         "with ema_decay_early = 0.99 for the ramp-up")
+    method = registry.method(config["method"])
+    if method.label_source == "given" and config["n_labeled"] == 0:
+        raise UserError(f"method {config['method']} trains on the labeled samples the task gives, but n_labeled = 0 "
+                        f"gives none; set n_labeled > 0, or use a method that labels images itself (label_source "
+                        f"'own', e.g. k-means pseudo-labels) or needs no labels ('none')")
     return config
 
 

@@ -46,6 +46,13 @@ What the core provides, so methods do not re-implement it:
   grid without it an error when read.
 - **Labels** (``ctx.labels``, :class:`ssl_bench.data.RunLabels`): the run's label vector; a
   method may ``assign`` pseudo-labels or ``reset``; the labeled sampler follows it.
+- **Where labels come from** (``label_source``): ``"given"`` (the task's labeled samples; a
+  run with n_labeled = 0 is an error when the grid is read), ``"own"`` (the method labels
+  training images itself with ``ctx.labels.assign`` before the first step, e.g. k-means
+  pseudo-labels: labeled batches are drawn from its labels, also with n_labeled = 0) or
+  ``"none"`` (never reads labeled batches: clustering).
+- **Embeddings** (:meth:`Method.embed`): what retrieval metrics and figures embed; a method
+  with its own layers on the feature map (attention, spatial assembly) overrides it.
 - **Result columns** (``result_columns``): diagnostics whose last value becomes a column of
   the run's row (e.g. ``labels_assigned_error``).
 - **Optimiser restarts** (``ctx.restart_optimizer()``): a fresh optimiser and schedule from
@@ -127,6 +134,11 @@ class Method:
     #: ``labels_assigned_accuracy``, ``labels_assigned_error``) whose value at the last evaluation
     #: becomes a float column of the run's row, for tables (e.g. the discovered labels' error)
     result_columns: ClassVar[tuple[str, ...]] = ()
+    #: where the labels of labeled batches come from: "given" (the task's labeled samples; the
+    #: run needs n_labeled > 0), "own" (the method assigns them with ``ctx.labels.assign`` in
+    #: ``on_train_start``, e.g. k-means pseudo-labels: batches are drawn even with n_labeled = 0)
+    #: or "none" (the method reads no labeled batch: none is drawn). Checked when the grid is read.
+    label_source: ClassVar[str] = "given"
 
     def __init__(self, **hparams: Any):
         values = validate(self.params(), hparams, where=f"methods.{self.name}.")
@@ -147,6 +159,11 @@ class Method:
         """Return the named scalar loss terms of this step (already weighted); the loop sums them,
         except those named in ``monitored``, which it only records."""
         raise NotImplementedError
+
+    def check(self, plan) -> None:
+        """Reject settings that cannot work with a run's data, before any run trains (raise
+        UserError): ``plan`` is the run's :class:`ssl_bench.task.Plan` (its subsets, label
+        vector, domains). E.g. more k-means clusters than unlabeled images."""
 
     # ---------------------------------------------------------------- the network
     def head_width(self, num_outputs: int) -> int:
@@ -183,6 +200,13 @@ class Method:
         """Class scores for a normalised batch; the prediction is their argmax."""
         return model(x)
 
+    def embed(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """Embeddings of a normalised batch, for embedding metrics (recall@K, k-means) and figures;
+        by default the backbone's (``model.embed``). A method with its own layers between the
+        backbone's feature map and its embedding (``model.feature_map`` / ``model.embed_map``)
+        overrides this, and uses it in its loss too."""
+        return model.embed(x)
+
     @classmethod
     def figures(cls) -> dict[str, Any]:
         """The method's qualitative figures for ``ssl-bench figure KIND``: name -> function
@@ -190,6 +214,10 @@ class Method:
         typed keywords with defaults are the figure's settings (``--arg KEY=VALUE``). The core's
         kinds (``neighbours``, ``tsne``) are every run's."""
         return {}
+
+
+#: the values of :attr:`Method.label_source`
+LABEL_SOURCES = ("given", "own", "none")
 
 
 def check_method_class(cls: Any, provider: str) -> None:
@@ -202,6 +230,9 @@ def check_method_class(cls: Any, provider: str) -> None:
         cls.params()
     except TypeError as exc:
         raise TypeError(f"{provider}: {exc}") from None
+    if cls.label_source not in LABEL_SOURCES:
+        raise TypeError(f"{provider}: method {cls.name}: label_source must be one of {', '.join(LABEL_SOURCES)}, "
+                        f"got {cls.label_source!r}")
     for role, names in cls.views.items():
         if role not in ("labeled", "unlabeled") or isinstance(names, str):
             raise TypeError(f"{provider}: method {cls.name}: views must map 'labeled'/'unlabeled' to a tuple of "

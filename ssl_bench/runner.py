@@ -80,7 +80,7 @@ def prepare(ref: str, registry: Registry, *, overrides: dict[str, Any] | None = 
                 if not any(all(canon(f.get(k)) == canon(v) for k, v in wanted.items()) for f in flats):
                     raise UserError(f"grid {grid.name!r}: table {table.name!r}: no run matches coverage.{key} = {filt}"
                                     + (f" for column {column!r}" if column is not None else ""))
-        for axis in (table.rows, table.columns):
+        for axis in (table.rows, *([] if table.metrics else [table.columns])):
             if not all(axis in flat for flat in chosen):
                 raise UserError(f"grid {grid.name!r}: table {table.name!r} refers to {axis!r}, which is not a "
                                 f"setting of every run it shows")
@@ -98,7 +98,7 @@ def check_table_metric(grid: str, table, schema: pa.Schema) -> None:
     from .tables import metric_column
 
     names = set(schema.names)
-    for key, metric in (("metric", table.metric), ("select", table.select)):
+    for key, metric in (("metric", table.metric), ("select", table.select), *(("metrics", m) for m in table.metrics)):
         if metric and metric_column(metric, names) is None:
             numeric = sorted(f.name for f in schema if pa.types.is_floating(f.type) and f.name not in ("wall_s",))
             raise UserError(f"grid {grid!r}: table {table.name!r}: {key} {metric!r} is not a result column of "
@@ -112,6 +112,7 @@ def check_against_data(prepared: PreparedGrid, registry: Registry, data_dir: Pat
     datasets = prepared.datasets
     unavailable: set[str] = set()
     checked_models: set[str] = set()
+    random_noted: set[str] = set()
     for run in prepared.runs:
         cfg = run.config
         key = data_key(cfg, registry)
@@ -145,10 +146,17 @@ def check_against_data(prepared: PreparedGrid, registry: Registry, data_dir: Pat
             for name in names:  # an unknown pipeline fails here, with the installed ones
                 view_pipeline(name, registry)
         model_key = results.config_json([cfg["backbone"], plugin_args(cfg, "backbone"), cfg["pretrained"], key,
-                                         cfg["method"], plugin_args(cfg, "method")])
+                                         cfg["method"], plugin_args(cfg, "method"), cfg["n_labeled"],
+                                         cfg["n_unlabeled"]])
+        hint = registry.backbone(cfg["backbone"])[0].pretrained_hint
+        if hint and not cfg["pretrained"] and cfg["backbone"] not in random_noted:
+            random_noted.add(cfg["backbone"])
+            warn(f"note: backbone {cfg['backbone']} starts from RANDOM weights in these runs (pretrained is not set); "
+                 f"{hint}")
         if model_key not in checked_models:
             checked_models.add(model_key)
             plan = plan_run(cfg, registry, data)
+            method.check(plan)
             source = plan.domains[plan.labeled_domain]
             try:
                 build_model(cfg, registry, source, plan.num_outputs, method)

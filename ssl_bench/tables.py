@@ -19,7 +19,7 @@ import pandas as pd
 from tabulate import tabulate
 
 from .errors import UserError
-from .grid import Run, TableSpec
+from .grid import Run, TableSpec, metric_label
 from .metric import SUMMARIES
 from .protocol import METRICS
 
@@ -105,13 +105,17 @@ def cell_values(spec: TableSpec, runs: list[Run], rows: pd.DataFrame):
     {(row, col): the setting chosen by ``spec.select``}). With ``select``, the runs of a cell that
     differ in more than their seed are candidate settings; the cell holds the runs of the one
     whose median ``select`` value is best (by that column's direction)."""
-    selected = []
+    selected = []  # (run, row label, column label, the cell's metric)
     for run in runs:
         flat = run.flat()
-        if matches(flat, spec.where):
-            selected.append((run, canon(flat[spec.rows]), canon(flat[spec.columns])))
-    row_labels = list(dict.fromkeys(r for _, r, _ in selected))
-    col_labels = list(dict.fromkeys(c for _, _, c in selected))
+        if not matches(flat, spec.where):
+            continue
+        if spec.metrics:  # columns = "metric": one cell per metric
+            selected += [(run, canon(flat[spec.rows]), metric_label(m), m) for m in spec.metrics]
+        else:
+            selected.append((run, canon(flat[spec.rows]), canon(flat[spec.columns]), spec.metric))
+    row_labels = list(dict.fromkeys(r for _, r, _, _ in selected))
+    col_labels = list(dict.fromkeys(c for _, _, c, _ in selected))
     by_id = rows.set_index("run_id") if len(rows) else None
     excluded: dict[str, int] = {}
 
@@ -125,7 +129,7 @@ def cell_values(spec: TableSpec, runs: list[Run], rows: pd.DataFrame):
     # cell -> candidate setting -> [(metric value, select value)] of its finished, ok runs
     candidates: dict[tuple[str, str], dict[str, list[tuple[float | None, float | None]]]] = {}
     settings: dict[str, dict] = {}
-    for run, r, c in selected:
+    for run, r, c, metric in selected:
         flat = {k: v for k, v in run.flat().items() if k != "seed"}
         key = repr(sorted((k, canon(v)) for k, v in flat.items())) if spec.select else ""
         settings[key] = flat
@@ -137,7 +141,7 @@ def cell_values(spec: TableSpec, runs: list[Run], rows: pd.DataFrame):
         if row["status"] != "ok":
             excluded[row["status"]] = excluded.get(row["status"], 0) + 1
             continue
-        found.append((value(row, spec.metric), value(row, spec.select) if spec.select else None))
+        found.append((value(row, metric), value(row, spec.select) if spec.select else None))
 
     cells: dict[tuple[str, str], np.ndarray] = {}
     choices: dict[tuple[str, str], dict] = {}
@@ -187,7 +191,7 @@ def format_cell(centre: float, spread: float, fmt: str, n: int | None = None) ->
 
 def describe(spec: TableSpec, excluded: dict[str, int], choices: dict | None = None) -> str:
     stat = ("best run" if spec.statistic == "best" else spec.statistic) + (" (std, ddof=1)" if spec.spread == "std" else "")
-    text = f"Cells: {stat} over runs; {describe_metric(spec.metric)}."
+    text = f"Cells: {stat} over runs; {'; '.join(describe_metric(m) for m in (spec.metrics or [spec.metric]))}."
     if spec.select:
         text += (f" Each cell shows the setting with the best median {spec.select} over its seeds "
                  f"({describe_metric(spec.select)}), chosen per cell")

@@ -46,6 +46,7 @@ class CentroidClustering(Method):
     term that keeps the clusters' total mass balanced; predicts the nearest centroid."""
 
     name = "test_centroids"
+    label_source = "none"
 
     def build_modules(self, model, num_outputs):
         return {"centroids": nn.Embedding(num_outputs, model.embedding_dim)}
@@ -211,8 +212,9 @@ def test_domain_adaptation_settings_are_checked_before_training(reg, tmp_path):
         reg, tmp_path, DA.replace('target = "digits_inverted"\n', ""), data="skip")
     assert "target is a setting of task domain_adaptation, but this run's task is 'ssl'" in rejected(
         reg, tmp_path, DA.replace('task = "domain_adaptation"\n', ""), data="skip")
-    assert "needs labeled source samples, got n_labeled = 0" in rejected(
-        reg, tmp_path, DA.replace("n_labeled = 100", "n_labeled = 0"))
+    # no labeled sample for a method that trains on the given labels: an error when the grid is read
+    assert "method lba trains on the labeled samples the task gives, but n_labeled = 0 gives none" in rejected(
+        reg, tmp_path, DA.replace("n_labeled = 100", "n_labeled = 0"), data="skip")
     assert "n_unlabeled=5000 is more than the 1297 training images of the target" in rejected(
         reg, tmp_path, DA.replace('n_unlabeled = "all"', "n_unlabeled = 5000"))
 

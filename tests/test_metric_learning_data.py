@@ -312,16 +312,17 @@ def test_sop_split_by_the_ebay_files(reg, tmp_path, nested):
 
 def test_sop_uneven_split_and_the_retrieval_task(reg, tmp_path):
     """SOP's split is 11,318 / 11,316 classes, not halves: here 4 / 2 of 6. The task's default
-    (first half) leaves the last training class out of training but still queries exactly the
-    test classes; train_classes listing the file's classes reproduces the split exactly."""
+    is the training file's classes (the splits share no class), not the first half; train_classes
+    can still name a different set (here the first half: the last training class is then held out
+    of training, and queries exactly the test classes all the same)."""
     write_sop(tmp_path / "sop", train_classes=4)
     ds = load(reg, "sop", tmp_path, size=8)
     assert_split(ds, train_classes=4)
     config = {"dataset": "sop", "train_classes": [], "n_validation": 0, "n_labeled": "all",
               "n_unlabeled": "all", "unlabeled_overlap": False, "seed": 0}
-    for given, trained in (([], [0, 1, 2]), ([0, 1, 2, 3], [0, 1, 2, 3])):
+    for given, trained in (([], [0, 1, 2, 3]), ([0, 1, 2], [0, 1, 2])):
         config["train_classes"] = given
-        train, held_out = split_classes(config, ds.num_classes)
+        train, held_out = split_classes(config, ds)
         assert train == trained and held_out == [c for c in range(6) if c not in trained]
         Retrieval().check(config, {"source": ds})
         plan = Retrieval().plan(config, {"source": ds})
@@ -332,7 +333,7 @@ def test_sop_uneven_split_and_the_retrieval_task(reg, tmp_path):
 def test_cub200_default_split_is_the_retrieval_task_default(reg, tmp_path):
     write_cub(tmp_path / "cub200")
     ds = load(reg, "cub200", tmp_path, size=8)
-    train, held_out = split_classes({"train_classes": []}, ds.num_classes)
+    train, held_out = split_classes({"train_classes": []}, ds)
     assert set(train) == set(ds.train_y.tolist()) and set(held_out) == set(ds.test_y.tolist())
 
 

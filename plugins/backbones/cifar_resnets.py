@@ -166,7 +166,22 @@ class ResNet(nn.Module):
         self.embedding = nn.Linear(c_in, embedding_dim) if embedding_dim else nn.Identity()
         self.pooled_dim = c_in
         self.embedding_dim = embedding_dim or c_in
+        self.feature_points = tuple(f"stage{i}" for i in range(1, len(stages) + 1))
         _init_conv_bn(self, mode="fan_out", nonlinearity="relu")
+
+    def forward_to(self, x: torch.Tensor, point: str) -> torch.Tensor:
+        """The feature map after stage ``point`` (``stage1`` ...)."""
+        x = self.stem(x)
+        for stage in self.stages[:self.feature_points.index(point) + 1]:
+            x = stage(x)
+        return x
+
+    def forward_from(self, feature_map: torch.Tensor, point: str) -> torch.Tensor:
+        """The stages after ``point``, global average pooling, dropout, the embedding FC."""
+        x = feature_map
+        for stage in self.stages[self.feature_points.index(point) + 1:]:
+            x = stage(x)
+        return self.embedding(self.dropout(x.mean(dim=(2, 3))))
 
     def named_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """``stem``, ``stage1``..``stageK`` (block outputs), ``pooled`` (global average) and ``embedding``."""

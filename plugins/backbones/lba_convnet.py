@@ -143,6 +143,18 @@ class ConvNet(nn.Module):
         self.features = nn.Sequential(*modules)
         self.embedding = nn.Sequential(nn.Flatten(), nn.Linear(channels * h * w, embedding_dim), nn.ELU())
         self.embedding_dim = embedding_dim
+        # feature maps: after each pooling stage (stage1, stage2, ...); index = the module after it
+        ends = [i + 1 for i, m in enumerate(modules) if isinstance(m, nn.MaxPool2d)]
+        self._stage_end = {f"stage{k}": end for k, end in enumerate(ends, 1)}
+        self.feature_points = tuple(self._stage_end)
+
+    def forward_to(self, x: torch.Tensor, point: str) -> torch.Tensor:
+        """The feature map after pooling stage ``point`` (``stage1`` ...)."""
+        return self.features[:self._stage_end[point]](x)
+
+    def forward_from(self, feature_map: torch.Tensor, point: str) -> torch.Tensor:
+        """The layers after stage ``point``, then the embedding."""
+        return self.embedding(self.features[self._stage_end[point]:](feature_map))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.embedding(self.features(x))

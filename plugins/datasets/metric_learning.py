@@ -13,14 +13,11 @@ How the split maps onto the suite (read with ``plugins/tasks/retrieval.py``)
     training images from ``train_*`` restricted to ``train_classes`` and queries the test
     images of the other classes, so:
 
-    - ``cub200`` (K = 100 of 200) and ``cars196`` (K = 98 of 196): the task's default
-      ``train_classes = []`` (the first half of the classes) IS the standard split: training
-      on all 5,864 / 8,054 images of the first half, retrieval among all 5,924 / 8,131
-      images of the second half.
-    - ``sop`` (K = 11,318 of 22,634, by file): the first half would be 11,317 classes, so the
-      task's default trains on all but the last training class (its 3-12 images unused) and
-      still evaluates exactly the 11,316 test classes; ``train_classes = [0, ..., 11317]``
-      (a list written out by a script) gives the exact standard split.
+    - ``cub200`` (K = 100 of 200), ``cars196`` (K = 98 of 196) and ``sop`` (K = 11,318 of
+      22,634, by file): the task's default ``train_classes = []`` takes the training split's
+      classes when no test image shares one, so it IS the standard split: training on all
+      5,864 / 8,054 / 59,551 images of the training classes, retrieval among all 5,924 /
+      8,131 / 60,502 images of the others.
 
     Every image is in exactly one of the two sets and no test image is of a class seen in
     training, so the data sets are for ``task = "retrieval"``, not for classification.

@@ -93,6 +93,7 @@ class AssociativeDeepClustering(Method):
     """alpha L_assoc,c + beta L_assoc,aug + gamma L_norm + delta L_trafo + L_class on centroids (ADC, eqs. 4-8)."""
 
     name = "adc"
+    label_source = "none"  # no label reaches training: the clusters are its own
     views = {"unlabeled": ("adc_tau",) * COPIES}
     alpha: float = hyperparameter(1.0, ge=0, help="weight of L_assoc,c (centroids <-> images; §3.3: 1)")
     beta: float = hyperparameter(0.9, ge=0, help="weight of L_assoc,aug (augmented <-> plain images; §3.3: 0.9)")

@@ -1,12 +1,18 @@
 """Class-disjoint retrieval, the deep-metric-learning protocol (``task = "retrieval"``; Song
 et al. 2016; TAC-CCL and SAN use it on CUB, Cars, SOP).
 
-The classes are split in two: ``train_classes`` (default: the first half, 0 .. C/2 - 1) are
-the only ones training sees; the others are held out. Labeled set: ``n_labeled`` samples,
-class-balanced over the training classes (labels renumbered 0 .. |train_classes| - 1, the
-head's width); unlabeled set: ``n_unlabeled`` training images of the training classes.
-Evaluated on the held-out classes' TEST images (``test_*``) by ``recall@1/2/4/8`` on the
-embeddings: each image queries all the others (itself excluded). No validation set.
+The classes are split in two: ``train_classes`` are the only ones training sees; the others
+are held out. By default: the classes of the training split when the data set's training and
+test splits have no class in common (the released class-disjoint splits of CUB-200-2011,
+Cars196 and SOP: their first 100 / 98 / 11,318 classes), else the first half, 0 .. C/2 - 1
+(digits, Fashion-MNIST). Labeled set: ``n_labeled`` samples, class-balanced over the training
+classes (labels renumbered 0 .. |train_classes| - 1, the head's width); unlabeled set:
+``n_unlabeled`` training images of the training classes. Unsupervised metric learning is
+``n_labeled = 0`` with a method that labels images itself (``label_source = "own"``, e.g.
+k-means pseudo-labels of the unlabeled set: ms_baseline, tac_ccl). Evaluated on the held-out
+classes' TEST images (``test_*``) by ``recall@1/2/4/8`` (grids add others, e.g. ``recall@100``,
+``map_at_r``) on the method's embeddings: each image queries all the others (itself excluded).
+No validation set.
 """
 from __future__ import annotations
 
@@ -17,9 +23,16 @@ from ssl_bench.data import draw_subsets
 from ssl_bench.task import require
 
 
-def split_classes(config: dict, num_classes: int) -> tuple[list[int], list[int]]:
-    train = sorted(config["train_classes"]) or list(range(num_classes // 2))
-    return train, [c for c in range(num_classes) if c not in train]
+def split_classes(config: dict, ds) -> tuple[list[int], list[int]]:
+    """(training classes, held-out classes): ``train_classes``, else the training split's classes
+    when no test image shares one (a class-disjoint release), else the first half."""
+    train = sorted(config["train_classes"])
+    if not train:
+        in_train = np.unique(ds.train_y.numpy())
+        disjoint = not np.isin(ds.test_y.numpy(), in_train).any()
+        train = [int(c) for c in in_train] if disjoint else list(range(ds.num_classes // 2))
+    held = set(train)
+    return train, [c for c in range(ds.num_classes) if c not in held]
 
 
 def renumbered(labels: np.ndarray, train: list[int]) -> np.ndarray:
@@ -43,15 +56,13 @@ class Retrieval(Task):
         require(all(0 <= c < ds.num_classes for c in given),
                 f"train_classes {given} names classes outside 0..{ds.num_classes - 1} of {config['dataset']!r}")
         require(len(set(given)) == len(given), f"train_classes {given} lists a class twice")
-        train, held_out = split_classes(config, ds.num_classes)
+        train, held_out = split_classes(config, ds)
         require(train and held_out, f"retrieval needs training and held-out classes; train_classes = {train} "
                                     f"leaves {len(held_out)} of {ds.num_classes} held out")
         require(config["n_validation"] == 0, "task retrieval has no validation set; set n_validation = 0")
-        require(config["n_labeled"] != 0, "task retrieval needs labeled samples of the training classes, "
-                                          "got n_labeled = 0")
         labels = renumbered(ds.train_y.numpy(), train)
         counts = np.bincount(labels[labels >= 0], minlength=len(train))
-        if config["n_labeled"] != "all":
+        if config["n_labeled"] not in ("all", 0):
             require(config["n_labeled"] % len(train) == 0,
                     f"n_labeled={config['n_labeled']} is not a multiple of the {len(train)} training classes: "
                     f"labeled sets are class-balanced")
@@ -67,7 +78,7 @@ class Retrieval(Task):
 
     def plan(self, config, data):
         ds = data["source"]
-        train, held_out = split_classes(config, ds.num_classes)
+        train, held_out = split_classes(config, ds)
         labels = renumbered(ds.train_y.numpy(), train)
         subsets = draw_subsets(labels, len(train), seed=config["seed"], n_labeled=config["n_labeled"],
                                n_unlabeled=config["n_unlabeled"], overlap=config["unlabeled_overlap"],

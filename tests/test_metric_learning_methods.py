@@ -1,0 +1,317 @@
+"""The deep-metric-learning methods (seed 003 ch. 4-5): ms_supervised, ms_baseline, tac_ccl, san,
+san_unsupervised; their building blocks by hand (eq. 4.2 on a flip, eq. 4.3, Sinkhorn, eqs.
+5.5-5.8), the k-means refresh schedule, unsupervised runs with n_labeled = 0 that never read a
+true label, the method's embedding path in the retrieval metrics, and the backbones' feature
+maps and pretrained weights."""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ssl_bench import UserError, create_model
+from ssl_bench.engine import train_run
+from ssl_bench.grid import expand, load_grid
+from ssl_bench.registry import load_registry
+from ssl_bench.runner import prepare
+from ssl_bench_plugins.datasets.digits import load_digits
+from ssl_bench_plugins.methods.ms_baseline import embed_images
+from ssl_bench_plugins.methods.san import correlation, entropy_bits, local_coherence, sinkhorn, SpatialAssembly
+from ssl_bench_plugins.methods.tac_ccl import (cluster_partners, contrastive_clustering, matched_masks, random_affine,
+                                               tac_loss, warp)
+
+from conftest import write_grid
+
+CPU = torch.device("cpu")
+FLIP = torch.tensor([[[-1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]])
+
+GRID = """
+[base]
+task = "retrieval"
+dataset = "digits"
+backbone = "lba_convnet"
+method = "ms_baseline"
+n_labeled = 0
+n_unlabeled = "all"
+steps = 12
+eval_every = 6
+sampler = "p_k"
+labeled_per_class = 4
+classes_per_batch = 4
+unlabeled_batch = 0
+metrics = ["recall@1", "recall@2"]
+[base.backbones.lba_convnet]
+widths = [8, 16]
+embedding_dim = 16
+[base.methods.ms_baseline]
+clusters = 6
+recluster_every = 5
+memory_size = 64
+[base.methods.tac_ccl]
+clusters = 6
+memory_size = 64
+cross_weight = 1.0
+[base.methods.san_unsupervised]
+clusters = 6
+[base.methods.san]
+memory_size = 64
+"""
+
+
+@pytest.fixture(scope="module")
+def reg():
+    return load_registry()
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_digits(None)
+
+
+def with_method(reg, tmp_path, method: str, n_labeled="0"):
+    text = GRID.replace('method = "ms_baseline"', f'method = "{method}"').replace("n_labeled = 0",
+                                                                                  f"n_labeled = {n_labeled}")
+    (run,) = expand(load_grid(write_grid(tmp_path, text)), reg)
+    return run.config
+
+
+# --------------------------------------------------------------------------- TAC-CCL by hand
+def test_tac_loss_is_zero_for_a_flipped_map_and_the_sum_of_squares_otherwise():
+    m = torch.arange(12.0).reshape(1, 1, 3, 4) / 12
+    flipped = m.flip(-1)
+    assert torch.allclose(warp(m, FLIP), flipped, atol=1e-6)  # T = horizontal flip, exactly
+    assert tac_loss(m, flipped, FLIP).item() == pytest.approx(0.0, abs=1e-10)
+    # M' = M although T flips: eq. 4.2 sums |M(T(u)) - M'(u)|^2 over every position
+    expected = ((flipped - m) ** 2).sum().item()
+    assert tac_loss(m, m, FLIP).item() == pytest.approx(expected, rel=1e-5)
+    assert expected > 0
+
+
+def test_tac_loss_ignores_positions_mapped_outside_the_map():
+    m = torch.rand(2, 1, 4, 4)
+    shift = torch.tensor([[[1.0, 0.0, 0.5], [0.0, 1.0, 0.0]]]).repeat(2, 1, 1)  # half the width to the left
+    target = warp(m, shift)
+    # the right quarter of T(M) comes from outside: any M' there does not count
+    other = target.clone()
+    other[..., 3:] = 5.0
+    assert tac_loss(m, other, shift).item() == pytest.approx(0.0, abs=1e-10)
+
+
+def test_random_transforms_are_seeded_and_within_their_ranges():
+    g = torch.Generator().manual_seed(0)
+    a = random_affine(500, g, "cpu", rotation=15.0, zoom=0.8)
+    b = random_affine(500, torch.Generator().manual_seed(0), "cpu", rotation=15.0, zoom=0.8)
+    assert torch.equal(a, b) and a.shape == (500, 2, 3)
+    det = a[:, 0, 0] * a[:, 1, 1] - a[:, 0, 1] * a[:, 1, 0]  # flip sign times s^2
+    assert ((det.abs() >= 0.64 - 1e-6) & (det.abs() <= 1 + 1e-6)).all()
+    assert (det < 0).any() and (det > 0).any()  # both flipped and unflipped
+    assert (a[:, :, 2].abs() <= 0.2 + 1e-6).all()  # the crop stays inside the image
+
+
+def test_contrastive_clustering_is_the_mean_ratio_of_nearest_to_second_nearest():
+    centres = torch.tensor([[0.0, 0.0], [4.0, 0.0], [0.0, 10.0]])
+    z = torch.tensor([[1.0, 0.0], [3.0, 0.0]])
+    # (1 / 3 + 1 / 3) / 2: each point is 1 from its centre and 3 from the other
+    assert contrastive_clustering(z, centres).item() == pytest.approx(1 / 3)
+
+
+def test_cross_image_partners_and_masks():
+    labels = torch.tensor([2, 0, 2, 0, 2, 7])
+    partner = cluster_partners(labels)
+    assert partner.tolist() == [2, 3, 4, 1, 0, 5]  # within each class, cyclically; a lone image: itself
+    f = torch.zeros(1, 2, 3, 3)
+    f[0, 0, 0, 0] = f[0, 1, 2, 2] = 1.0  # two distinctive positions, swapped in the other image
+    g = torch.zeros(1, 2, 3, 3)
+    g[0, 0, 2, 2] = g[0, 1, 0, 0] = 1.0
+    gamma, gamma_other = matched_masks(f, g, matches=1, sigma=0.5)
+    # one keypoint pair: a Gaussian around (0, 0) in f and (2, 2) in g, or the other way round
+    assert gamma.shape == (1, 1, 3, 3) and gamma.max().item() == pytest.approx(1.0)
+    assert torch.allclose(gamma.flip(-1).flip(-2), gamma_other)
+
+
+# --------------------------------------------------------------------------- SAN by hand
+def test_sinkhorn_rows_and_columns_sum_to_one():
+    logits = torch.randn(3, 16, 16) * 2
+    w = sinkhorn(logits, iterations=30)
+    assert (w > 0).all()
+    assert torch.allclose(w.sum(1), torch.ones(3, 16), atol=1e-6)  # columns: exactly after the last step
+    assert torch.allclose(w.sum(2), torch.ones(3, 16), atol=1e-3)  # rows: to the iterations' accuracy
+
+
+def test_assembly_starts_near_the_identity_and_permutes_features():
+    layer = SpatialAssembly(channels=4, height=2, width=3, hidden=8, identity_prior=5.0, iterations=20)
+    f = torch.randn(2, 4, 2, 3)
+    g, w = layer(f)
+    expected_diagonal = math.exp(5) / (math.exp(5) + 5)  # 6 positions: the prior vs 5 zero logits
+    assert torch.allclose(torch.diagonal(w, dim1=1, dim2=2), torch.full((2, 6), expected_diagonal), atol=1e-5)
+    # eq. 5.4 with an exact permutation: G(v) = F(P(v))
+    perm = torch.tensor([2, 0, 1, 5, 3, 4])
+    p = torch.zeros(1, 6, 6)
+    p[0, perm, torch.arange(6)] = 1.0  # w(u, v) = 1 where u = P(v)
+    moved = torch.einsum("buv,bcu->bcv", p, f[:1].flatten(2))
+    assert torch.equal(moved, f[:1].flatten(2)[:, :, perm])
+
+
+def test_entropy_and_correlation_of_a_permutation_and_of_uniform_weights():
+    n = 9
+    perm = torch.eye(n)[torch.randperm(n)][None]
+    uniform = torch.full((1, n, n), 1 / n)
+    assert entropy_bits(perm).item() == pytest.approx(0.0, abs=1e-6)
+    assert correlation(perm).item() == pytest.approx(0.0, abs=1e-6)
+    assert entropy_bits(uniform).item() == pytest.approx(2 * math.log2(n))
+    # per column: 1 - n (1/n)^2 = 1 - 1/n, the same per row
+    assert correlation(uniform).item() == pytest.approx(2 * (1 - 1 / n))
+
+
+def test_local_coherence_is_zero_for_the_identity_and_positive_for_a_scramble():
+    h = w = 3
+    f = torch.ones(1, 2, h, w)  # every neighbour pair fully coherent: alpha = 1
+    identity = torch.eye(h * w)[None]
+    assert local_coherence(identity, f).item() == pytest.approx(0.0, abs=1e-7)
+    scramble = torch.eye(h * w)[[4, 0, 8, 2, 6, 1, 3, 7, 5]][None]
+    assert local_coherence(scramble, f).item() > 0.5
+    # alpha weighs each pair by the features' cosine: orthogonal neighbours cost nothing
+    checker = torch.zeros(1, 2, h, w)
+    checker[0, 0] = torch.tensor([[1.0, 0, 1], [0, 1, 0], [1, 0, 1]])
+    checker[0, 1] = 1 - checker[0, 0]
+    horizontal_and_vertical_only = local_coherence(scramble, checker)
+    assert 0 < horizontal_and_vertical_only.item() < local_coherence(scramble, f).item()
+
+
+# --------------------------------------------------------------------------- runs
+def test_kmeans_pseudo_labels_are_refreshed_on_schedule_and_empty_the_memory(reg, tmp_path, digits, monkeypatch):
+    from ssl_bench_plugins.methods import ms_baseline, multi_similarity
+
+    refreshes, resets = [], []
+    relabel = ms_baseline.KMeansPseudoLabels.relabel
+    forget = multi_similarity.MultiSimilarity.forget
+
+    def spy_relabel(self, model, ctx):
+        relabel(self, model, ctx)
+        labeled = ctx.labels.labeled()
+        refreshes.append((ctx.step, len(labeled), int(ctx.labels.current[labeled].max()) + 1))
+
+    def spy_forget(self):
+        resets.append(len(self.memory.embedding_memory) if self.memory is not None else None)
+        forget(self)
+
+    monkeypatch.setattr(ms_baseline.KMeansPseudoLabels, "relabel", spy_relabel)
+    monkeypatch.setattr(multi_similarity.MultiSimilarity, "forget", spy_forget)
+    outcome = train_run(with_method(reg, tmp_path, "ms_baseline"), reg, {"source": digits}, CPU)
+    assert outcome.status == "ok", outcome.error
+    train_images = int(np.isin(digits.train_y.numpy(), [0, 1, 2, 3, 4]).sum())
+    # at the start and every 5 steps of 12; each time every training-class image gets one of 6 clusters
+    assert [s for s, _, _ in refreshes] == [0, 5, 10]
+    assert all(n == train_images and k == 6 for _, n, k in refreshes)
+    assert len(resets) == 3
+    assert 0 <= outcome.metrics["pseudo_label_nmi"] <= 1  # the result column of the clusters' quality
+
+
+def test_unsupervised_runs_read_no_true_label(reg, tmp_path, digits):
+    """Permuting the labels among the training classes' images changes nothing in training."""
+    cfg = with_method(reg, tmp_path, "tac_ccl")
+    y = digits.train_y.numpy().copy()
+    train = np.flatnonzero(y < 5)
+    y[train] = np.random.default_rng(0).permutation(y[train])
+    shuffled = dataclasses.replace(digits, train_y=torch.as_tensor(y))
+    a = train_run(cfg, reg, {"source": digits}, CPU)
+    b = train_run(cfg, reg, {"source": shuffled}, CPU)
+    assert a.status == b.status == "ok", (a.error, b.error)
+    assert [p["loss"] for p in a.curves] == [p["loss"] for p in b.curves]
+    for (name, x), (_, z) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
+        assert torch.equal(x, z), name
+    assert a.metrics["pseudo_label_nmi"] != b.metrics["pseudo_label_nmi"]  # the diagnostic does read them
+
+
+def test_recall_is_computed_on_the_methods_embedding_path(reg, tmp_path, digits):
+    """tac_ccl's embeddings pass its attention module; the row's Recall@1 is theirs."""
+    cfg = with_method(reg, tmp_path, "tac_ccl")
+    outcome = train_run(cfg, reg, {"source": digits}, CPU)
+    assert outcome.status == "ok", outcome.error
+    model = outcome.model.eval()
+    held_out = np.isin(digits.test_y.numpy(), [5, 6, 7, 8, 9])
+    method = reg.method("tac_ccl")(**cfg["methods"]["tac_ccl"])
+    normalise = lambda x: ((x.float() / 255) - digits.mean[0]) / digits.std[0]
+    with torch.no_grad():
+        z = embed_images(method, model, digits.test_x[held_out], normalise)
+        plain = F.normalize(model.embed(normalise(digits.test_x[held_out])), dim=1)
+    assert not torch.allclose(z, plain)
+
+    def recall_at_1(e):
+        sim = e @ e.T
+        sim.fill_diagonal_(-math.inf)
+        y = digits.test_y[held_out]
+        return 100.0 * (y[sim.argmax(1)] == y).double().mean().item()
+
+    assert outcome.metrics["test_recall@1"] == pytest.approx(recall_at_1(z))
+
+
+@pytest.mark.parametrize("method,n_labeled", [("ms_supervised", '"all"'), ("san", '"all"'),
+                                              ("san_unsupervised", "0")])
+def test_supervised_and_san_runs_train_and_are_deterministic(reg, tmp_path, digits, method, n_labeled):
+    cfg = with_method(reg, tmp_path, method, n_labeled)
+    a = train_run(cfg, reg, {"source": digits}, CPU)
+    b = train_run(cfg, reg, {"source": digits}, CPU)
+    assert a.status == "ok", a.error
+    assert [p["loss"] for p in a.curves] == [p["loss"] for p in b.curves]
+    assert math.isfinite(a.metrics["test_recall@1"])
+    if method.startswith("san"):
+        assert "assembly" in a.model.extras
+
+
+def test_label_sources_are_checked_when_the_grid_is_read(reg, tmp_path):
+    # a supervised method with no labeled sample
+    with pytest.raises(UserError, match="method ms_supervised trains on the labeled samples the task gives, but "
+                                        "n_labeled = 0 gives none"):
+        with_method(reg, tmp_path, "ms_supervised", "0")
+    # an unsupervised one asks for more clusters than there are images: one clear error before training
+    text = GRID.replace("clusters = 6\nrecluster_every", "clusters = 5000\nrecluster_every")
+    with pytest.raises(UserError, match="k-means into 5000 clusters needs at least as many unlabeled images"):
+        prepare(str(write_grid(tmp_path, text)), reg, data_dir=tmp_path)
+
+
+def test_feature_maps_of_a_backbone_without_them_are_one_clear_error(reg, tmp_path):
+    text = GRID.replace('method = "ms_baseline"', 'method = "tac_ccl"').replace(
+        'backbone = "lba_convnet"', 'backbone = "pixels"')
+    with pytest.raises(UserError, match="exposes no feature maps"):
+        prepare(str(write_grid(tmp_path, text)), reg, data_dir=tmp_path)
+
+
+# --------------------------------------------------------------------------- backbones
+@pytest.mark.parametrize("name,points,dim", [("googlenet", ("inception_3b", "inception_4e", "inception_5b"), 512),
+                                             ("resnet18", ("layer1", "layer2", "layer3", "layer4"), 128)])
+def test_metric_learning_backbones_split_into_feature_maps(reg, name, points, dim):
+    torch.manual_seed(0)
+    model = create_model(name, (1, 64, 64), 5, registry=reg).eval()
+    assert model.feature_points == points and model.embedding_dim == dim
+    x = torch.randn(2, 1, 64, 64)
+    with torch.no_grad():
+        for point in points:  # to any stage and back: the same embedding
+            assert torch.allclose(model.embed_map(model.feature_map(x, point), point), model.embed(x), atol=1e-5)
+    assert model.feature_shape("")[0] == (1024 if name == "googlenet" else 512)
+
+
+def test_googlenet_takes_torchvisions_imagenet_file_into_its_trunk(reg, tmp_path):
+    from torchvision.models import googlenet
+
+    torch.manual_seed(1)
+    imagenet = googlenet(weights=None, aux_logits=True, init_weights=True)  # the released file has aux heads
+    path = tmp_path / "googlenet-imagenet.pth"
+    torch.save(imagenet.state_dict(), path)
+    model = create_model("googlenet", (3, 64, 64), 5, registry=reg, pretrained=path)
+    assert torch.equal(model.backbone.trunk.inception5b.branch1.conv.weight, imagenet.inception5b.branch1.conv.weight)
+    broken = {k: v for k, v in imagenet.state_dict().items() if not k.startswith("inception5b.")}
+    torch.save(broken, path)
+    with pytest.raises(UserError, match="does not fit the backbone's trunk: missing"):
+        create_model("googlenet", (3, 64, 64), 5, registry=reg, pretrained=path)
+
+
+def test_a_run_says_when_googlenet_weights_are_random(reg, tmp_path):
+    notes = []
+    text = GRID.replace('backbone = "lba_convnet"', 'backbone = "googlenet"').replace("steps = 12", "steps = 1")
+    prepare(str(write_grid(tmp_path, text)), reg, data_dir=tmp_path, warn=notes.append)
+    assert any("googlenet starts from RANDOM weights" in n and "googlenet-1378be20.pth" in n for n in notes)
