@@ -100,6 +100,15 @@ def describe_metric(metric: str) -> str:
     return f"{metric}, {SUMMARIES['']}"
 
 
+def describe_metrics(metrics: list[str]) -> str:
+    """:func:`describe_metric` of several columns, their shared summary said once."""
+    texts = [describe_metric(m) for m in metrics]
+    tails = {t[len(m):] for m, t in zip(metrics, texts) if t.startswith(m + ", ")}
+    if len(metrics) > 1 and len(tails) == 1 and all(t.startswith(m + ", ") for m, t in zip(metrics, texts)):
+        return ", ".join(metrics) + next(iter(tails))
+    return "; ".join(texts)
+
+
 def cell_values(spec: TableSpec, runs: list[Run], rows: pd.DataFrame):
     """(row labels, column labels, {(row, col): array of metric values}, excluded-status counts,
     {(row, col): the setting chosen by ``spec.select``}). With ``select``, the runs of a cell that
@@ -129,17 +138,20 @@ def cell_values(spec: TableSpec, runs: list[Run], rows: pd.DataFrame):
     # cell -> candidate setting -> [(metric value, select value)] of its finished, ok runs
     candidates: dict[tuple[str, str], dict[str, list[tuple[float | None, float | None]]]] = {}
     settings: dict[str, dict] = {}
+    counted: set[str] = set()
     for run, r, c, metric in selected:
         flat = {k: v for k, v in run.flat().items() if k != "seed"}
         key = repr(sorted((k, canon(v)) for k, v in flat.items())) if spec.select else ""
         settings[key] = flat
         found = candidates.setdefault((r, c), {}).setdefault(key, [])
+        first = run.run_id not in counted  # a run shows in one cell per metric, but counts once
+        counted.add(run.run_id)
         if by_id is None or run.run_id not in by_id.index:
-            excluded[MISSING_RUNS] = excluded.get(MISSING_RUNS, 0) + 1
+            excluded[MISSING_RUNS] = excluded.get(MISSING_RUNS, 0) + first
             continue
         row = by_id.loc[run.run_id]
         if row["status"] != "ok":
-            excluded[row["status"]] = excluded.get(row["status"], 0) + 1
+            excluded[row["status"]] = excluded.get(row["status"], 0) + first
             continue
         found.append((value(row, metric), value(row, spec.select) if spec.select else None))
 
@@ -191,7 +203,7 @@ def format_cell(centre: float, spread: float, fmt: str, n: int | None = None) ->
 
 def describe(spec: TableSpec, excluded: dict[str, int], choices: dict | None = None) -> str:
     stat = ("best run" if spec.statistic == "best" else spec.statistic) + (" (std, ddof=1)" if spec.spread == "std" else "")
-    text = f"Cells: {stat} over runs; {'; '.join(describe_metric(m) for m in (spec.metrics or [spec.metric]))}."
+    text = f"Cells: {stat} over runs; {describe_metrics(spec.metrics or [spec.metric])}."
     if spec.select:
         text += (f" Each cell shows the setting with the best median {spec.select} over its seeds "
                  f"({describe_metric(spec.select)}), chosen per cell")

@@ -12,6 +12,7 @@ from test_cifar import write_cifar10, write_cifar100
 from test_datasets import write_idx_set, write_stl10, write_svhn
 from test_adc_data import write_frgc
 from test_da_datasets import write_bsds500, write_gtsrb, write_synth_digits, write_synth_signs
+from test_metric_learning_data import write_cars_annos, write_cub, write_sop
 
 
 import numpy as np
@@ -35,6 +36,13 @@ LMCS_DISCOVERY_ROWS = ["No Sample Discovery (Baseline)", "Minimum Distance", "Co
                        "Confined Minimum Entropy", "Unconfined Maximum Entropy", "Unconfined Minimum Entropy"]
 LMCS_ABLATION_ROWS = ["Our LMCS Method (Full Algorithm)", "– without Critical Sample Discovery",
                       "– without Learned Model Composition"]
+#: the metric columns (columns = "metric") of the metric-learning tables (TAC-CCL ch. 4, SAN ch. 5)
+RECALL_1_8 = ["recall@1", "recall@2", "recall@4", "recall@8"]
+RECALL_SOP = ["recall@1", "recall@10", "recall@100"]
+TAC_CCL_ROWS = ["TAC-CCL (baseline)", "TAC-CCL"]
+SAN_ROWS = ["Baseline", "Proposed"]
+RETRIEVAL_EVIDENCE = ("retrieval_fashion_mnist", "retrieval_digits")
+RETRIEVAL_ROWS = ["random network", "ms_baseline", "tac_ccl", "san_unsupervised", "ms_supervised", "san"]
 
 # table -> (rows, columns) as the paper prints them
 SHAPES = {
@@ -121,6 +129,30 @@ SHAPES = {
     ("lmcs_table3_5", "table3_5"): (["mixmatch", "lmcs"], ["100", "250", "500"]),
     ("lmcs_table3_8", "table3_8"): (LMCS_DISCOVERY_ROWS, ["100"]),
     ("lmcs_table3_10", "table3_10"): (LMCS_ABLATION_ROWS, ["80", "100", "250"]),
+    # TAC-CCL (seed 003 ch. 4) and SAN (ch. 5): rows are the protocol key label, columns the Recall@K metrics
+    ("tac_ccl_table4_1", "table4_1_cub"): (TAC_CCL_ROWS, RECALL_1_8),
+    ("tac_ccl_table4_1", "table4_1_cars"): (TAC_CCL_ROWS, RECALL_1_8),
+    ("tac_ccl_table4_2", "table4_2"): (TAC_CCL_ROWS, RECALL_SOP),
+    ("tac_ccl_table4_3", "table4_3"): (["Random", "Ours"], RECALL_SOP),
+    ("tac_ccl_table4_4", "table4_4_cub"): (["Baseline", "+CCL", "+TAC"], RECALL_1_8),
+    ("tac_ccl_table4_4", "table4_4_cars"): (["Baseline", "+CCL", "+TAC"], RECALL_1_8),
+    ("tac_ccl_table4_4", "table4_4_sop"): (["Baseline", "+CCL", "+TAC"], RECALL_SOP),
+    ("san_table5_1", "table5_1_cub"): (SAN_ROWS, RECALL_1_8),
+    ("san_table5_1", "table5_1_cars"): (SAN_ROWS, RECALL_1_8),
+    ("san_table5_2", "table5_2_cub"): (SAN_ROWS, RECALL_1_8),
+    ("san_table5_2", "table5_2_cars"): (SAN_ROWS, RECALL_1_8),
+    ("san_table5_2", "table5_2_sop"): (SAN_ROWS, RECALL_SOP),
+    ("san_table5_3", "table5_3"): (["Random", "Proposed"], RECALL_SOP),
+    ("san_table5_4", "table5_4_supervised_cub"): (["Baseline", "+ SAN"], RECALL_1_8),
+    ("san_table5_4", "table5_4_supervised_sop"): (["Baseline", "+ SAN"], RECALL_SOP + ["recall@1000"]),
+    ("san_table5_4", "table5_4_unsupervised_cub"): (["Baseline", "+ SAN"], RECALL_1_8),
+    ("san_table5_4", "table5_4_unsupervised_sop"): (["Baseline", "+ SAN"], RECALL_SOP),
+    ("san_table5_5", "table5_5"): (["MS", "MS with SAN"], RECALL_1_8),
+    # the offline evidence (issue 14): every method on the same network, classes 0-4 -> retrieve 5-9
+    **{(grid, "recall"): (RETRIEVAL_ROWS, RECALL_1_8 + ["map_at_r"]) for grid in RETRIEVAL_EVIDENCE},
+    **{(grid, "nmi"): (RETRIEVAL_ROWS, ["kmeans_nmi"]) for grid in RETRIEVAL_EVIDENCE},
+    **{(grid, "pseudo_labels"): (["ms_baseline", "tac_ccl", "san_unsupervised"], ["pseudo_label_nmi"])
+       for grid in RETRIEVAL_EVIDENCE},
 }
 
 
@@ -142,6 +174,12 @@ def data_dir(tmp_path_factory):
     write_gtsrb(root / "gtsrb", train_per_class=2, n_test=50)
     write_bsds500(root / "bsds500")
     write_frgc(root / "frgc" / "data4torch.h5", n=240)
+    # the metric-learning sets (TAC-CCL / SAN grids) in their released layouts: 6 classes x 3 JPEGs each, the
+    # first 3 classes (SOP: Ebay_train.txt's) the training classes: 9 training images for 4 smoke clusters and
+    # P x K = 2 x 2 batches, 9 test images to retrieve
+    write_cub(root / "cub200")
+    write_cars_annos(root / "cars196")
+    write_sop(root / "sop")
     return root
 
 
@@ -187,7 +225,10 @@ def test_paper_grids_have_the_papers_run_counts(registry, tmp_path):
                 "snowball_table2_1": 60, "snowball_table2_7": 40, "snowball_table2_2": 95, "snowball_table2_6": 80,
                 "snowball_table2_11": 30, "snowball_table2_3": 20, "snowball_table2_4": 20, "snowball_table2_9": 30,
                 "snowball_lmcs_digits": 80, "lmcs_table3_4": 40, "lmcs_table3_5": 30, "lmcs_table3_8": 30,
-                "lmcs_table3_10": 45}
+                "lmcs_table3_10": 45,
+                "tac_ccl_table4_1": 20, "tac_ccl_table4_2": 10, "tac_ccl_table4_3": 10, "tac_ccl_table4_4": 45,
+                "san_table5_1": 20, "san_table5_2": 30, "san_table5_3": 10, "san_table5_4": 40, "san_table5_5": 10,
+                "retrieval_fashion_mnist": 18, "retrieval_digits": 30}
     for grid, n in expected.items():
         assert len(prepare(grid, registry, data_dir=tmp_path, data="skip").runs) == n, grid
 

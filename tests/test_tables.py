@@ -775,3 +775,58 @@ def test_a_number_in_a_string_column_is_stored_as_its_text():
     assert table.to_pylist() == [{"datasets.svhn.extra_count": "5", "lr": 0.1}]
     assert results_module.row_table({"datasets.svhn.extra_count": "all"}, schema).to_pylist()[0][
         "datasets.svhn.extra_count"] == "all"
+
+
+# ------------------------------------------------------------------------------ metrics as the columns
+METRIC_COLUMNS_GRID = """
+name = "mc"
+[base]
+dataset = "digits"
+backbone = "lba_convnet"
+method = "lba"
+task = "retrieval"
+metrics = ["recall@1", "recall@2", "map_at_r"]
+[axes]
+n_labeled = [20, 50]
+seed = [0, 1]
+[[table]]
+name = "recall"
+rows = "n_labeled"
+columns = "metric"
+metrics = ["test_recall@1", "test_recall@2", "test_map_at_r"]
+statistic = "mean"
+spread = "none"
+format = ".1f"
+reference = "ref.csv"
+"""
+
+
+def test_metrics_as_columns_give_one_column_per_metric_and_count_each_run_once(registry, tmp_path):
+    (tmp_path / "ref.csv").write_text("table,row,column,value,spread,source\nrecall,20,recall@2,70.0,,paper\n")
+    grid, runs = grid_of(METRIC_COLUMNS_GRID, registry, path=tmp_path / "mc.toml")
+    spec = grid.tables[0]
+    assert spec.metrics and spec.metric == "test_recall@1"
+    by = {(r.config["n_labeled"], r.config["seed"]): r.run_id for r in runs}
+    rows = pd.DataFrame([
+        {"run_id": by[(20, 0)], "status": "ok", "test_recall@1": 60.0, "test_recall@2": 70.0, "test_map_at_r": 10.0},
+        {"run_id": by[(20, 1)], "status": "ok", "test_recall@1": 64.0, "test_recall@2": 74.0, "test_map_at_r": 20.0},
+        {"run_id": by[(50, 0)], "status": "failed", "test_recall@1": NAN, "test_recall@2": NAN, "test_map_at_r": NAN},
+    ])
+    frame, note = table_frame(spec, runs, rows)
+    assert list(frame.columns) == ["recall@1", "recall@2", "map_at_r"]
+    assert frame.loc["20"].tolist() == ["62.0", "72.0", "15.0"]
+    assert frame.loc["50"].tolist() == [MISSING] * 3
+    # one failed and one missing run, though each shows in three cells
+    assert "Excluded: 1 failed run(s)." in note and "Missing: 1 run(s)" in note
+    assert "test_recall@1, test_recall@2, test_map_at_r, of the final model" in note
+    compared = table_frame(spec, runs, rows, compare=True)[0]
+    assert compared.loc["20", "recall@2 paper"] == "70.0" and compared.loc["20", "recall@2 diff"] == "+2.0"
+
+
+def test_metrics_as_columns_need_both_keys(registry):
+    text = METRIC_COLUMNS_GRID.replace('columns = "metric"\n', 'columns = "seed"\n')
+    with pytest.raises(UserError, match='metrics as columns need columns = "metric" and metrics = a list'):
+        grid_of(text, registry)
+    text = METRIC_COLUMNS_GRID.replace('metrics = ["test_recall@1", "test_recall@2", "test_map_at_r"]\n', "")
+    with pytest.raises(UserError, match='metrics as columns need columns = "metric"'):
+        grid_of(text, registry)
