@@ -18,6 +18,13 @@ COMMITTED = {
     "digits_table3": {},
     "cclp_steps_digits": {},
     "fashion_mnist_table3": {"steps": 200, "eval_every": 200, "seed": 0},
+    "baselines_digits": {},
+    "da_fashion_mnist_m": {},
+    "adc_digits": {},
+    "adc_fashion_mnist": {},
+    "snowball_lmcs_digits": {},
+    "retrieval_fashion_mnist": {},
+    "retrieval_digits": {},
 }
 
 
