@@ -4,6 +4,7 @@ time left is skipped, and a machine without CUDA gets one clear message."""
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -31,7 +32,10 @@ def test_dry_mode_runs_every_part_and_writes_the_evidence(tmp_path):
     solo = json.loads((out / "bench" / "solo.json").read_text())
     packed = json.loads((out / "bench" / "pack2.json").read_text())
     assert [v["name"] for v in packed["variants"]] == ["engine", "packed x2"]
-    assert solo["projected_grid_hours"] > 0 and 0 < packed["variants"][1]["utilisation"] < 1
+    # utilisation = model FLOP/s over a matmul's FLOP/s, both MEASURED: on a shared CPU the matmul
+    # reference can come out slow and the ratio above 1 (CI saw 1.08), so only its sign is checked
+    utilisation = packed["variants"][1]["utilisation"]
+    assert solo["projected_grid_hours"] > 0 and 0 < utilisation and math.isfinite(utilisation)
     assert json.loads((out / "cclp_cost.json").read_text())
     # the CUDA parity tests were collected and skipped here (no CUDA), not silently missing
     log = (out / "logs" / "cuda_tests.log").read_text()
