@@ -280,7 +280,9 @@ class RunLabels:
     extend or change it while training (``ctx.labels.assign``: discovered samples with hard
     pseudo-labels, k-means labels) or return to the start (``reset``); the labeled sampler
     draws from whatever is labeled now. The count and true accuracy of the labels assigned so
-    far go into the run's curve (``labels_assigned``, ``labels_assigned_accuracy``)."""
+    far go into the run's curve (``labels_assigned``, ``labels_assigned_accuracy``); the
+    accuracy only while every assigned label names a class (``assign(..., classes=False)``
+    for cluster ids, whose numbers mean nothing against the true classes)."""
 
     def __init__(self, initial: torch.Tensor, truth: torch.Tensor | None):
         self.initial = initial
@@ -288,17 +290,22 @@ class RunLabels:
         self.truth = truth  # the true classes, for the diagnostics only; never given to methods
         self.version = 0
         self.assigned_ever = False
+        self.cluster_ids = False  # some assigned label is a cluster id, not a class
 
-    def assign(self, indices: torch.Tensor, labels: torch.Tensor) -> None:
-        """Give the training images ``indices`` the labels ``labels`` (-1 removes a label)."""
+    def assign(self, indices: torch.Tensor, labels: torch.Tensor, classes: bool = True) -> None:
+        """Give the training images ``indices`` the labels ``labels`` (-1 removes a label):
+        classes, or with ``classes=False`` cluster ids (k-means pseudo-labels), which the
+        labeled sampler treats alike but which no true class is compared with."""
         self.current[indices] = labels.to(self.current)
         self.version += 1
         self.assigned_ever = True
+        self.cluster_ids = self.cluster_ids or not classes
 
     def reset(self) -> None:
         """Back to the labels the task gave."""
         self.current = self.initial.clone()
         self.version += 1
+        self.cluster_ids = False
 
     def labeled(self) -> torch.Tensor:
         """Indices of the images labeled now, ascending."""
@@ -306,11 +313,11 @@ class RunLabels:
 
     def diagnostics(self) -> dict[str, torch.Tensor]:
         """Count, true accuracy and error (%) of the labels that differ from the task's (device
-        tensors; with no such label, accuracy 0 and error 100)."""
+        tensors; with no such label, accuracy 0 and error 100; no accuracy for cluster ids)."""
         changed = (self.current != self.initial) & (self.current >= 0)
         count = changed.sum()
         stats = {"labels_assigned": count.double()}
-        if self.truth is not None:
+        if self.truth is not None and not self.cluster_ids:
             right = (changed & (self.current == self.truth)).sum()
             stats["labels_assigned_accuracy"] = 100.0 * right.double() / count.clamp_min(1).double()
             stats["labels_assigned_error"] = 100.0 - stats["labels_assigned_accuracy"]

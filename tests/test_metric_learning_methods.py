@@ -14,12 +14,13 @@ import torch
 import torch.nn.functional as F
 
 from ssl_bench import UserError, create_model
+from ssl_bench.data import RunLabels
 from ssl_bench.engine import train_run
 from ssl_bench.grid import expand, load_grid
 from ssl_bench.registry import load_registry
 from ssl_bench.runner import prepare
 from ssl_bench_plugins.datasets.digits import load_digits
-from ssl_bench_plugins.methods.ms_baseline import embed_images
+from ssl_bench_plugins.methods.clusters import embed_images
 from ssl_bench_plugins.methods.san import correlation, entropy_bits, local_coherence, sinkhorn, SpatialAssembly
 from ssl_bench_plugins.methods.tac_ccl import (cluster_partners, contrastive_clustering, matched_masks, random_affine,
                                                tac_loss, warp)
@@ -80,6 +81,36 @@ def with_method(reg, tmp_path, method: str, n_labeled="0"):
 
 
 # --------------------------------------------------------------------------- TAC-CCL by hand
+def test_embed_images_embeds_in_eval_mode_chunk_by_chunk_and_restores_the_mode():
+    net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3)).train()
+    images = torch.randint(0, 256, (10, 4), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    normalise = lambda x: x.float() / 255
+    z = embed_images(net, images, normalise, embed=net, chunk=3)
+    assert net.training and torch.equal(net[1].running_mean, torch.zeros(3))  # statistics untouched
+    assert z.dtype == torch.float32 and torch.allclose(z, net.eval()(normalise(images)), atol=1e-6)
+
+    def broken(x):
+        raise RuntimeError("out of memory")
+
+    net.train()
+    with pytest.raises(RuntimeError, match="out of memory"):
+        embed_images(net, images, normalise, embed=broken)
+    assert net.training
+
+
+def test_cluster_ids_are_counted_but_not_scored_as_classes():
+    labels = RunLabels(torch.tensor([0, -1, -1, -1]), truth=torch.tensor([0, 1, 1, 0]))
+    labels.assign(torch.tensor([1, 2]), torch.tensor([1, 0]))
+    stats = labels.diagnostics()
+    assert stats["labels_assigned"].item() == 2 and stats["labels_assigned_accuracy"].item() == 50.0
+    labels.assign(torch.tensor([3]), torch.tensor([5]), classes=False)
+    stats = labels.diagnostics()
+    assert stats["labels_assigned"].item() == 3 and "labels_assigned_accuracy" not in stats
+    labels.reset()  # the cluster ids are gone: class labels are scored again
+    labels.assign(torch.tensor([1]), torch.tensor([1]))
+    assert labels.diagnostics()["labels_assigned_accuracy"].item() == 100.0
+
+
 def test_tac_loss_is_zero_for_a_flipped_map_and_the_sum_of_squares_otherwise():
     m = torch.arange(12.0).reshape(1, 1, 3, 4) / 12
     flipped = m.flip(-1)
@@ -209,6 +240,9 @@ def test_kmeans_pseudo_labels_are_refreshed_on_schedule_and_empty_the_memory(reg
     assert all(n == train_images and k == 6 for _, n, k in refreshes)
     assert len(resets) == 3
     assert 0 <= outcome.metrics["pseudo_label_nmi"] <= 1  # the result column of the clusters' quality
+    # cluster ids are counted but never scored against the classes (cluster 3 is not class 3)
+    point = outcome.curves[-1]["metrics"]
+    assert point["labels_assigned"] > 0 and "labels_assigned_accuracy" not in point
 
 
 def test_unsupervised_runs_read_no_true_label(reg, tmp_path, digits):
@@ -237,7 +271,8 @@ def test_recall_is_computed_on_the_methods_embedding_path(reg, tmp_path, digits)
     method = reg.method("tac_ccl")(**cfg["methods"]["tac_ccl"])
     normalise = lambda x: ((x.float() / 255) - digits.mean[0]) / digits.std[0]
     with torch.no_grad():
-        z = embed_images(method, model, digits.test_x[held_out], normalise)
+        z = F.normalize(embed_images(model, digits.test_x[held_out], normalise,
+                                     embed=lambda x: method.embed(model, x)), dim=1)
         plain = F.normalize(model.embed(normalise(digits.test_x[held_out])), dim=1)
     assert not torch.allclose(z, plain)
 

@@ -73,8 +73,11 @@ def test_registered_with_typed_defaulted_parameters(registry):
     assert params["wrn28_2"] == {"depth": (int, 28), "widen_factor": (int, 2), "bn_momentum": (float, 0.001),
                                  "input_noise": (float, 0.0)}
     assert params["convnet13"] == {"input_noise": (float, 0.15), "dropout": (float, 0.5), "embedding_dim": (int, 128),
-                                   "bn_momentum": (float, 0.001)}
+                                   "bn_momentum": (float, 0.001), "width": (int, 128)}
     assert params["shake_resnet26"] == {"depth": (int, 26), "width": (int, 96), "bn_momentum": (float, 0.1)}
+    # convnet13's width came later: at its default it stays out of run ids, which so keep their values
+    (width,) = [p for p in registry.backbone("convnet13")[0].params if p.name == "width"]
+    assert not width.in_id_at_default
 
 
 def test_create_model_through_the_registry(registry):
@@ -229,6 +232,12 @@ def test_convnet13_layers():
     assert model.block2[3].weight.std().item() == pytest.approx(math.sqrt(2 / (256 * 9)), rel=0.02)
     assert model.embedding_dim == 128
     assert sn.convnet13((3, 32, 32), embedding_dim=64).embedding_dim == 64
+    # width w: every width scales (w, 2w, 4w, 2w), the embedding's does not
+    narrow = sn.convnet13((3, 32, 32), width=8)
+    assert [(m.in_channels, m.out_channels) for m in narrow.modules() if isinstance(m, nn.Conv2d)] == [
+        (3, 8), (8, 8), (8, 8), (8, 16), (16, 16), (16, 16), (16, 32), (32, 16), (16, 128)]
+    with pytest.raises(UserError, match="width"):
+        sn.convnet13((3, 32, 32), width=0)
 
 
 def test_convnet13_shapes():

@@ -125,7 +125,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ssl_bench import Backbone, UserError, hookimpl
+from ssl_bench import Backbone, UserError, hookimpl, hyperparameter
 from ssl_bench_plugins.backbones.cclp_networks import GaussianNoise  # x + std N(0, 1), training only
 
 LEAKY_SLOPE = 0.1
@@ -257,19 +257,20 @@ def _convnet13_map(n: int) -> int:
 
 class ConvNet13(nn.Module):
     """Laine & Aila's conv-large: noise, 3 x C(128,3), pool, dropout, 3 x C(256,3), pool, dropout,
-    C(512,3,valid), C(256,1), C(embedding_dim,1), GAP; every C with BN and leaky ReLU 0.1."""
+    C(512,3,valid), C(256,1), C(embedding_dim,1), GAP; every C with BN and leaky ReLU 0.1. With
+    ``width`` w the widths are w, 2w, 4w, 2w (the paper's w = 128)."""
 
     def __init__(self, in_channels: int, input_noise: float = 0.15, dropout: float = 0.5, embedding_dim: int = 128,
-                 bn_momentum: float = 0.001):
+                 bn_momentum: float = 0.001, width: int = 128):
         super().__init__()
-        m = bn_momentum
+        m, w = bn_momentum, width
         self.noise = GaussianNoise(input_noise)
-        self.block1 = nn.Sequential(*_conv_bn_lrelu(in_channels, 128, 3, 1, m), *_conv_bn_lrelu(128, 128, 3, 1, m),
-                                    *_conv_bn_lrelu(128, 128, 3, 1, m), nn.MaxPool2d(2, 2), nn.Dropout(dropout))
-        self.block2 = nn.Sequential(*_conv_bn_lrelu(128, 256, 3, 1, m), *_conv_bn_lrelu(256, 256, 3, 1, m),
-                                    *_conv_bn_lrelu(256, 256, 3, 1, m), nn.MaxPool2d(2, 2), nn.Dropout(dropout))
-        self.block3 = nn.Sequential(*_conv_bn_lrelu(256, 512, 3, 0, m), *_conv_bn_lrelu(512, 256, 1, 0, m),
-                                    *_conv_bn_lrelu(256, embedding_dim, 1, 0, m))
+        self.block1 = nn.Sequential(*_conv_bn_lrelu(in_channels, w, 3, 1, m), *_conv_bn_lrelu(w, w, 3, 1, m),
+                                    *_conv_bn_lrelu(w, w, 3, 1, m), nn.MaxPool2d(2, 2), nn.Dropout(dropout))
+        self.block2 = nn.Sequential(*_conv_bn_lrelu(w, 2 * w, 3, 1, m), *_conv_bn_lrelu(2 * w, 2 * w, 3, 1, m),
+                                    *_conv_bn_lrelu(2 * w, 2 * w, 3, 1, m), nn.MaxPool2d(2, 2), nn.Dropout(dropout))
+        self.block3 = nn.Sequential(*_conv_bn_lrelu(2 * w, 4 * w, 3, 0, m), *_conv_bn_lrelu(4 * w, 2 * w, 1, 0, m),
+                                    *_conv_bn_lrelu(2 * w, embedding_dim, 1, 0, m))
         self.embedding_dim = embedding_dim
         _init_conv_bn(self, mode="fan_in", nonlinearity="relu")
 
@@ -298,13 +299,18 @@ def _too_small_message(c: int, h: int, w: int) -> str:
             f"inputs must be at least {CONVNET13_MIN_SIZE}x{CONVNET13_MIN_SIZE}")
 
 
+#: declared with ``since`` so that convnet13 runs at the paper's width keep their ids
+CONVNET13_WIDTH = hyperparameter(128, since="0.2")
+
+
 def convnet13(input_shape, input_noise: float = 0.15, dropout: float = 0.5, embedding_dim: int = 128,
-              bn_momentum: float = 0.001) -> ConvNet13:
+              bn_momentum: float = 0.001, width: int = CONVNET13_WIDTH) -> ConvNet13:
     """The 13-layer "conv-large" of Laine & Aila 2017 (Table 5) / Mean Teacher; inputs at least 12x12.
 
     ``input_noise``: std of the training-mode Gaussian input noise (paper: 0.15);
     ``dropout``: the two dropout layers' rate (paper: 0.5); ``embedding_dim``: width of the last
-    1x1 convolution (paper: 128)."""
+    1x1 convolution (paper: 128); ``width``: the first block's width w, the others 2w and 4w
+    (paper: 128; smaller only to make smoke runs cheap)."""
     c, h, w = _channels("convnet13", input_shape)
     if _convnet13_map(h) < 1 or _convnet13_map(w) < 1:
         raise UserError(_too_small_message(c, h, w))
@@ -312,7 +318,9 @@ def convnet13(input_shape, input_noise: float = 0.15, dropout: float = 0.5, embe
     _check_range("convnet13", "dropout", dropout, 0.0, 1.0, high_open=True)
     _check_positive("convnet13", "embedding_dim", embedding_dim)
     _check_range("convnet13", "bn_momentum", bn_momentum, 0.0, 1.0)
-    return ConvNet13(c, input_noise, dropout, embedding_dim, bn_momentum)
+    width = 128 if width is CONVNET13_WIDTH else width  # called directly, not through a grid
+    _check_positive("convnet13", "width", width)
+    return ConvNet13(c, input_noise, dropout, embedding_dim, bn_momentum, width)
 
 
 # ------------------------------------------------------------------------------------ Shake-Shake

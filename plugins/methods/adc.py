@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -58,13 +57,12 @@ from ssl_bench import Augmentation, Method, UserError, hookimpl, hyperparameter
 from ssl_bench_plugins.augment.ops import stl10_augment
 from ssl_bench_plugins.augment.pipelines import random_flip
 from ssl_bench_plugins.methods.association import associate
+from ssl_bench_plugins.methods.clusters import embed_images, kmeans_centres
 
 #: transformed copies of each image in L_assoc,aug (§2.2: "4 random transformations")
 COPIES = 4
 #: standard deviation of tau's Gaussian noise (on the [0, 1] scale); our choice
 NOISE_STD = 0.03
-#: k-means restarts for the centroid initialisation
-KMEANS_INIT = 3
 
 
 def adc_tau(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -80,13 +78,6 @@ class Centroids(nn.Module):
     def __init__(self, k: int, dim: int):
         super().__init__()
         self.weight = nn.Parameter(torch.randn(k, dim) / math.sqrt(dim))
-
-
-def kmeans_centres(embeddings: np.ndarray, k: int, seed: int) -> np.ndarray:
-    """k-means centres (k x D) of the embeddings: scikit-learn, k-means++, seeded."""
-    from sklearn.cluster import KMeans
-
-    return KMeans(n_clusters=k, n_init=KMEANS_INIT, random_state=seed).fit(embeddings).cluster_centers_
 
 
 class AssociativeDeepClustering(Method):
@@ -131,10 +122,7 @@ class AssociativeDeepClustering(Method):
         if self.kmeans_images and self.kmeans_images < len(images):
             pick = torch.randperm(len(images), generator=ctx.generator, device=ctx.device)[:self.kmeans_images]
             images = images[pick]
-        was_training = model.training
-        model.eval()
-        embeddings = torch.cat([model.embed(ctx.data.normalise(chunk)) for chunk in images.split(1000)])
-        model.train(was_training)
+        embeddings = embed_images(model, images, ctx.data.normalise)
         seed = int(torch.randint(2**31 - 1, (1,), generator=ctx.generator, device=ctx.device))
         centroids = model.extras["centroids"].weight
         k = len(centroids)

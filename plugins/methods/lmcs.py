@@ -85,9 +85,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssl_bench import UserError, hookimpl, hyperparameter
-from ssl_bench_plugins.methods.adc import kmeans_centres
+from ssl_bench_plugins.methods.clusters import embed_images, kmeans_centres
 from ssl_bench_plugins.methods.mixmatch import MixMatch, sharpen
-from ssl_bench_plugins.methods.snowball import class_centres, embed_all, nearest_centre
+from ssl_bench_plugins.methods.snowball import class_centres, nearest_centre
 from ssl_bench_plugins.methods.vat import batchnorm_statistics_frozen
 
 Discovery = Literal["confined_max_entropy", "confined_min_entropy", "unconfined_max_entropy",
@@ -296,8 +296,8 @@ class LMCS(MixMatch):
         target = round(self.growth_limit * self.generation_start)
         n = min(len(labeled), target - len(labeled), len(candidates))
         if n > 0:
-            g_labeled = embed_all(model, data.train_x[labeled], data.normalise)
-            g_candidates = embed_all(model, data.train_x[candidates], data.normalise)
+            g_labeled = embed_images(model, data.train_x[labeled], data.normalise)
+            g_candidates = embed_images(model, data.train_x[candidates], data.normalise)
             chosen, hard = critical_samples(g_candidates, g_labeled, labels[labeled], ctx.num_classes, n,
                                             self.discovery, self.beta, self.confine_fraction, self.hard_label)
             labels[candidates[chosen]] = hard

@@ -29,20 +29,8 @@ import torch.nn.functional as F
 
 from ssl_bench import Method, UserError, hookimpl
 from ssl_bench.params import hyperparameter
-from ssl_bench_plugins.methods.adc import kmeans_centres
+from ssl_bench_plugins.methods.clusters import embed_images, kmeans_centres
 from ssl_bench_plugins.methods.multi_similarity import MultiSimilarity
-
-
-@torch.no_grad()
-def embed_images(method, model, images: torch.Tensor, normalise, chunk: int = 500) -> torch.Tensor:
-    """L2-normalised embeddings (method's path, eval mode) of uint8 images."""
-    was_training = model.training
-    model.eval()
-    try:
-        z = torch.cat([method.embed(model, normalise(part)).float() for part in images.split(chunk)])
-    finally:
-        model.train(was_training)
-    return F.normalize(z, dim=1)
 
 
 def nearest_labels(z: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
@@ -87,7 +75,8 @@ class KMeansPseudoLabels(Method):
     def relabel(self, model, ctx) -> None:
         """k-means of the unlabeled images' embeddings -> their pseudo-labels; the memory is emptied."""
         data = ctx.data
-        z = embed_images(self, model, data.train_x[data.unlabeled], data.normalise)
+        z = F.normalize(embed_images(model, data.train_x[data.unlabeled], data.normalise,
+                                     embed=lambda x: self.embed(model, x), chunk=500), dim=1)
         fit = z
         if self.kmeans_images and self.kmeans_images < len(z):
             fit = z[torch.randperm(len(z), generator=ctx.generator, device=ctx.device)[:self.kmeans_images]]
@@ -95,7 +84,7 @@ class KMeansPseudoLabels(Method):
         centres = kmeans_centres(fit.double().cpu().numpy(), self.clusters, seed)
         self.centres = torch.as_tensor(centres, dtype=z.dtype, device=z.device)
         self.pseudo = nearest_labels(z, self.centres)
-        ctx.labels.assign(data.unlabeled, self.pseudo)
+        ctx.labels.assign(data.unlabeled, self.pseudo, classes=False)  # cluster ids
         self.refreshed.append(ctx.step)
         self.forget()
 
@@ -122,4 +111,4 @@ def ssl_bench_methods():
     return [MultiSimilarityBaseline]
 
 
-__all__ = ["KMeansPseudoLabels", "MultiSimilarityBaseline", "embed_images", "nearest_labels"]
+__all__ = ["KMeansPseudoLabels", "MultiSimilarityBaseline", "nearest_labels"]

@@ -63,6 +63,7 @@ import torch
 import torch.nn.functional as F
 
 from ssl_bench import Method, UserError, hookimpl, hyperparameter
+from ssl_bench_plugins.methods.clusters import embed_images
 from ssl_bench_plugins.methods.mean_teacher import NO_TEACHER, MeanTeacher
 from ssl_bench_plugins.methods.mixmatch import MixMatch, linear_rampup
 from ssl_bench_plugins.methods.ramps import sigmoid_rampup
@@ -101,16 +102,6 @@ def select(distance: torch.Tensor, n: int, how: Selection, pool_factor: int = 10
         return torch.randperm(len(distance), generator=generator, device=distance.device)[:n]
     pool = torch.topk(distance, min(pool_factor * n, len(distance)), largest=False).indices
     return pool[torch.topk(distance[pool], n, largest=True).indices]
-
-
-@torch.no_grad()
-def embed_all(net: torch.nn.Module, images: torch.Tensor, normalise, chunk: int = 1000) -> torch.Tensor:
-    """Embeddings of uint8 images, in eval mode, in chunks."""
-    was_training = net.training
-    net.eval()
-    out = torch.cat([net.embed(normalise(part)).float() for part in images.split(chunk)])
-    net.train(was_training)
-    return out
 
 
 class SnowballDiscovery(Method):
@@ -197,8 +188,8 @@ class SnowballDiscovery(Method):
         if len(candidates) == 0:
             self.discovered = 0
             return
-        f_labeled = embed_all(net, data.train_x[labeled], data.normalise)
-        f_candidates = embed_all(net, data.train_x[candidates], data.normalise)
+        f_labeled = embed_images(net, data.train_x[labeled], data.normalise)
+        f_candidates = embed_images(net, data.train_x[candidates], data.normalise)
         centres = class_centres(f_labeled, labels.current[labeled], ctx.num_classes)
         predicted, distance = nearest_centre(f_candidates, centres)
         n = max(1, round(self.growth * len(labeled)))
