@@ -242,8 +242,8 @@ def make_schedule(optimizer: torch.optim.Optimizer, config: dict):
 # --------------------------------------------------------------------------- the objective
 class Objective(nn.Module):
     """One run's objective as a module: ``forward(tensors)`` returns the method's loss terms
-    (plus the protocol's L2 term); with ``mode="scores"`` / ``"embed"`` the evaluation
-    network's class scores / embeddings of ``tensors["x"]``. As a module it can be compiled,
+    (plus the protocol's L2 term); with ``mode="scores"`` / ``"scores_and_embed"`` the evaluation
+    network's class scores (and embeddings) of ``tensors["x"]``. As a module it can be compiled,
     and its parameters (and its EMA copy's) swapped for a packed run's (functional_call)."""
 
     def __init__(self, model: Classifier, method: Method, ctx: TrainContext, l2_weight: float,
@@ -261,8 +261,8 @@ class Objective(nn.Module):
     def forward(self, tensors: dict[str, torch.Tensor], mode: str = "loss"):
         if mode == "scores":
             return self.method.predict(self.eval_net(), tensors["x"])
-        if mode == "embed":
-            return self.method.embed(self.eval_net(), tensors["x"])
+        if mode == "scores_and_embed":
+            return self.method.predict_and_embed(self.eval_net(), tensors["x"])
         terms = self.method.loss_terms(batch_from_tensors(tensors), self.model, self.ctx)
         check_terms(self.method, terms)
         if self.l2_weight:
@@ -403,13 +403,14 @@ class _Networks:
             part = x[start:start + chunk] if shared else x[:, start:start + chunk]
             inputs = normalise(part) if shared else torch.stack([normalise(p) for p in part])
             with self.autocast:
-                if self.k == 1:
-                    scores = self.method.predict(nets[0], inputs if shared else inputs[0])[None]
-                    emb = (self.method.embed(nets[0], inputs if shared else inputs[0])[None] if want_embeddings
-                           else None)
+                # one pass for both where the method allows (Method.predict_and_embed)
+                if self.k > 1:
+                    out = self._vmapped({"x": inputs}, "scores_and_embed" if want_embeddings else "scores", shared)
+                elif want_embeddings:
+                    out = tuple(t[None] for t in self.method.predict_and_embed(nets[0], inputs if shared else inputs[0]))
                 else:
-                    scores = self._vmapped({"x": inputs}, "scores", shared)
-                    emb = self._vmapped({"x": inputs}, "embed", shared) if want_embeddings else None
+                    out = self.method.predict(nets[0], inputs if shared else inputs[0])[None]
+                scores, emb = out if want_embeddings else (out, None)
             predictions.append(scores.argmax(-1))
             if emb is not None:
                 embeddings.append(emb.float())

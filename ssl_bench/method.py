@@ -207,6 +207,18 @@ class Method:
         overrides this, and uses it in its loss too."""
         return model.embed(x)
 
+    def predict_and_embed(self, model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(:meth:`predict`, :meth:`embed`) of one batch, for an evaluation that needs both: one
+        pass through the backbone while the method keeps the default ``predict`` and ``embed`` (the
+        head on the embedding is exactly ``model(x)``), else the two methods."""
+        from .backbone import Classifier
+
+        cls = type(self)
+        if cls.predict is Method.predict and cls.embed is Method.embed and type(model).forward is Classifier.forward:
+            embeddings = model.embed(x)
+            return model.head(embeddings), embeddings
+        return self.predict(model, x), self.embed(model, x)
+
     @classmethod
     def figures(cls) -> dict[str, Any]:
         """The method's qualitative figures for ``ssl-bench figure KIND``: name -> function

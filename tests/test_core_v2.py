@@ -587,6 +587,27 @@ def test_create_model_and_named_features(reg):
         create_model("lba_convnet", (1, 8, 8), 7, registry=reg, widths="a,b")
 
 
+def test_scores_and_embeddings_take_one_backbone_pass_unless_a_method_changes_either(reg):
+    model = create_model("lba_convnet", (1, 8, 8), 10, registry=reg, widths=[8], embedding_dim=16).eval()
+    passes = []
+    model.backbone.register_forward_hook(lambda module, inputs, output: passes.append(len(inputs[0])))
+    x = torch.randn(5, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        scores, embeddings = reg.method("supervised")().predict_and_embed(model, x)
+        assert passes == [5]  # one pass serves both, and gives exactly what predict and embed give
+        assert torch.equal(scores, model(x)) and torch.equal(embeddings, model.embed(x))
+
+        class Doubled(Method):  # its own embedding path: predict and embed are called as they are
+            name = "doubled"
+
+            def embed(self, model, x):
+                return 2 * model.embed(x)
+
+        passes.clear()
+        scores, embeddings = Doubled().predict_and_embed(model, x)
+        assert passes == [5, 5] and torch.equal(embeddings, 2 * model.embed(x)) and torch.equal(scores, model(x))
+
+
 def test_list_tasks_and_metrics():
     tasks = cli("list", "tasks")
     assert tasks.returncode == 0
