@@ -52,7 +52,9 @@ What the core provides, so methods do not re-implement it:
   pseudo-labels: labeled batches are drawn from its labels, also with n_labeled = 0) or
   ``"none"`` (never reads labeled batches: clustering).
 - **Embeddings** (:meth:`Method.embed`): what retrieval metrics and figures embed; a method
-  with its own layers on the feature map (attention, spatial assembly) overrides it.
+  with its own layers on the feature map (attention, spatial assembly) overrides it. An
+  evaluation that needs scores and embeddings calls :meth:`Method.predict_and_embed`: one
+  backbone pass while neither ``predict`` nor ``embed`` is overridden.
 - **Result columns** (``result_columns``): diagnostics whose last value becomes a column of
   the run's row (e.g. ``labels_assigned_error``).
 - **Optimiser restarts** (``ctx.restart_optimizer()``): a fresh optimiser and schedule from
