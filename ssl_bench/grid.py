@@ -75,7 +75,7 @@ TOP_KEYS = {"name", "description", "base", "axes", "zip", "exclude", "table", "s
 #: what --smoke sets, before the grid's own [smoke] table and the user's --set options
 SMOKE_DEFAULTS = {"steps": 2, "eval_every": 1}
 TABLE_KEYS = {"name", "rows", "columns", "metric", "statistic", "spread", "format", "caption", "where", "reference",
-              "select", "coverage", "metrics"}
+              "select", "coverage", "metrics", "row_names"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +96,10 @@ class TableSpec:
     #: several metrics as the columns (``columns = "metric"``), e.g. Recall@1/2/4/8; each column is
     #: labeled with its metric's name without the ``test_`` prefix (``recall@1``)
     metrics: list = dataclasses.field(default_factory=list)
+    #: the printed names of some rows, {a run's value of ``rows``: the name}: two grids' runs with
+    #: the same settings (and so the same run ids, ``label`` included) can print under each paper
+    #: table's own row name
+    row_names: dict = dataclasses.field(default_factory=dict)
 
 
 #: the ``columns`` value of a table whose columns are its ``metrics``
@@ -291,6 +295,11 @@ def _table_spec(raw: dict, where: str, path: Path | None) -> TableSpec:
                           or not all(isinstance(v, dict) and v for v in spec.coverage.values())):
         raise UserError(f"{where}: table {spec.name!r}: coverage must be {{ source_only = {{...}}, target_only = "
                         f"{{...}} }}, each a non-empty filter of settings (like where)")
+    names = spec.row_names
+    if (not isinstance(names, dict) or not all(isinstance(v, str) and v for v in names.values())
+            or len(set(names.values())) < len(names)):
+        raise UserError(f"{where}: table {spec.name!r}: row_names must map row values to distinct, non-empty printed "
+                        f"names, e.g. row_names = {{ \"TAC-CCL\" = \"+TAC\" }}")
     if spec.statistic not in ("median", "mean", "best"):
         raise UserError(f"{where}: table {spec.name!r}: statistic must be median, mean or best, got {spec.statistic!r}")
     if spec.spread not in ("std", "none"):

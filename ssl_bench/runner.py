@@ -84,6 +84,15 @@ def prepare(ref: str, registry: Registry, *, overrides: dict[str, Any] | None = 
             if not all(axis in flat for flat in chosen):
                 raise UserError(f"grid {grid.name!r}: table {table.name!r} refers to {axis!r}, which is not a "
                                 f"setting of every run it shows")
+        values = set(canon(f[table.rows]) for f in chosen)
+        unknown = [k for k in table.row_names if k not in values]
+        if unknown:
+            raise UserError(f"grid {grid.name!r}: table {table.name!r}: row_names renames {unknown}, which no run it "
+                            f"shows has as its {table.rows!r}; those are {sorted(values)}")
+        clash = sorted(set(table.row_names.values()) & (values - set(table.row_names)))
+        if clash:
+            raise UserError(f"grid {grid.name!r}: table {table.name!r}: row_names prints {clash}, which is also a row "
+                            f"of its own; two rows would merge")
         check_table_metric(grid.name, table, schema)
     prepared = PreparedGrid(grid, runs, {}, schema)
     if data != "skip":

@@ -109,6 +109,12 @@ def describe_metrics(metrics: list[str]) -> str:
     return "; ".join(texts)
 
 
+def row_name(spec: TableSpec, flat: dict) -> str:
+    """A run's row in the table: its value of ``spec.rows``, or the name ``row_names`` gives it."""
+    value = canon(flat[spec.rows])
+    return spec.row_names.get(value, value)
+
+
 def cell_values(spec: TableSpec, runs: list[Run], rows: pd.DataFrame):
     """(row labels, column labels, {(row, col): array of metric values}, excluded-status counts,
     {(row, col): the setting chosen by ``spec.select``}). With ``select``, the runs of a cell that
@@ -120,9 +126,9 @@ def cell_values(spec: TableSpec, runs: list[Run], rows: pd.DataFrame):
         if not matches(flat, spec.where):
             continue
         if spec.metrics:  # columns = "metric": one cell per metric
-            selected += [(run, canon(flat[spec.rows]), metric_label(m), m) for m in spec.metrics]
+            selected += [(run, row_name(spec, flat), metric_label(m), m) for m in spec.metrics]
         else:
-            selected.append((run, canon(flat[spec.rows]), canon(flat[spec.columns]), spec.metric))
+            selected.append((run, row_name(spec, flat), canon(flat[spec.columns]), spec.metric))
     row_labels = list(dict.fromkeys(r for _, r, _, _ in selected))
     col_labels = list(dict.fromkeys(c for _, _, c, _ in selected))
     by_id = rows.set_index("run_id") if len(rows) else None

@@ -830,3 +830,79 @@ def test_metrics_as_columns_need_both_keys(registry):
     text = METRIC_COLUMNS_GRID.replace('metrics = ["test_recall@1", "test_recall@2", "test_map_at_r"]\n', "")
     with pytest.raises(UserError, match='metrics as columns need columns = "metric"'):
         grid_of(text, registry)
+
+
+# ------------------------------------------------------------------------------ printed row names
+ROW_NAMES_GRID = """
+name = "{name}"
+[base]
+dataset = "digits"
+backbone = "lba_convnet"
+method = "lba"
+n_unlabeled = 100
+[axes]
+n_labeled = [20, 50]
+seed = [0, 1]
+[[zip]]
+label = ["lba (baseline)", "lba"]
+methods.lba.visit_weight = [0.0, 1.0]
+[[table]]
+name = "t"
+rows = "label"
+columns = "n_labeled"
+statistic = "mean"
+spread = "none"
+format = ".1f"
+reference = "ref.csv"
+{row_names}
+"""
+
+
+def test_row_names_print_another_papers_row_names_over_the_same_runs(registry, tmp_path):
+    (tmp_path / "ref.csv").write_text("table,row,column,value,spread,source\nt,+ visit,20,5.0,,paper\n")
+    _, first = grid_of(ROW_NAMES_GRID.format(name="a", row_names=""), registry, path=tmp_path / "a.toml")
+    grid, runs = grid_of(ROW_NAMES_GRID.format(name="b", row_names='row_names = { "lba (baseline)" = "Baseline", '
+                                                                   'lba = "+ visit" }'),
+                         registry, path=tmp_path / "b.toml")
+    assert [r.run_id for r in runs] == [r.run_id for r in first]  # the same runs: one training serves both
+    spec = grid.tables[0]
+    rows = pd.DataFrame([{"run_id": r.run_id, "status": "ok",
+                          "test_error": 10.0 * r.config["methods"]["lba"]["visit_weight"] + r.config["seed"]}
+                         for r in runs])
+    frame = frame_of(spec, runs, rows, compare=True)
+    assert list(frame.index) == ["Baseline", "+ visit"]
+    assert frame.loc["Baseline", "20 ours"] == "0.5" and frame.loc["+ visit", "20 ours"] == "10.5"
+    assert frame.loc["+ visit", "20 paper"] == "5.0" and frame.loc["+ visit", "20 diff"] == "+5.5"
+    assert list(frame_of(grid_of(ROW_NAMES_GRID.format(name="a", row_names=""), registry,
+                                 path=tmp_path / "a.toml")[0].tables[0], first, rows).index) == ["lba (baseline)", "lba"]
+
+
+@pytest.mark.parametrize("row_names, message", [
+    ('row_names = { lbaa = "+ visit" }',
+     "row_names renames ['lbaa'], which no run it shows has as its 'label'; those are ['lba', 'lba (baseline)']"),
+    ('row_names = { lba = "lba (baseline)" }',
+     "row_names prints ['lba (baseline)'], which is also a row of its own; two rows would merge"),
+    ('row_names = { lba = "x", "lba (baseline)" = "x" }', "row_names must map row values to distinct, non-empty"),
+    ('row_names = ["lba"]', "row_names must map row values to distinct, non-empty"),
+])
+def test_row_names_errors_come_before_training(tmp_path, row_names, message):
+    (tmp_path / "ref.csv").write_text("table,row,column,value,spread,source\n")
+    path = write_grid(tmp_path, ROW_NAMES_GRID.format(name="rn", row_names=row_names))
+    result = cli("run", "--grid", str(path), "--dry-run", "--out", str(tmp_path / "out"))
+    assert result.returncode != 0 and message in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("first, second, shared", [
+    ("tac_ccl_table4_1", "tac_ccl_table4_4", 20),  # CUB and Cars: Baseline and +TAC, 5 seeds
+    ("tac_ccl_table4_2", "tac_ccl_table4_4", 10),  # SOP
+    ("san_table5_1", "san_table5_4", 10),  # supervised CUB: Baseline and + SAN
+    ("san_table5_2", "san_table5_4", 20),  # unsupervised CUB and SOP
+    ("lmcs_table3_8", "lmcs_table3_10", 5),  # no discovery, 100 labels
+    ("lmcs_table3_4", "lmcs_table3_10", 15),  # the full LMCS at 80, 100 and 250 labels
+])
+def test_paper_tables_that_print_the_same_cells_share_their_runs(registry, first, second, shared):
+    from ssl_bench.grid import load_grid
+    from ssl_bench.runner import find_grid
+
+    ids = [{r.run_id for r in expand(load_grid(find_grid(name, registry)), registry)} for name in (first, second)]
+    assert len(ids[0] & ids[1]) == shared
