@@ -101,10 +101,12 @@ def cmd_run(args) -> int:
         engine.RAISE_RUN_ERRORS = True
     counts = run_grid(prepared, reg, out=out, device=device, retry_failed=args.retry_failed,
                       show_progress=False if args.no_progress else None, save_models=args.save_models,
-                      options=options, pack=pack, executor=executor, lease_timeout=args.lease_timeout)
+                      options=options, pack=pack, executor=executor, lease_timeout=args.lease_timeout,
+                      reuse=not args.no_reuse)
     elsewhere = f", {counts['elsewhere']} left to other processes" if counts.get("elsewhere") else ""
+    reused = f" ({counts['reused']} copied from other grids)" if counts.get("reused") else ""
     print(f"{prepared.grid.name}: {counts['ok']} ok, {counts['diverged']} diverged, {counts['failed']} failed, "
-          f"{counts['skipped']} already done{elsewhere}; results in {out / prepared.grid.name}", file=sys.stderr)
+          f"{counts['skipped']} already done{reused}{elsewhere}; results in {out / prepared.grid.name}", file=sys.stderr)
     _print_tables(prepared, out)
     return 1 if counts["failed"] else 0
 
@@ -303,6 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--dry-run", action="store_true", help="print the expanded runs and exit")
     p.add_argument("--retry-failed", action="store_true", help="rerun runs recorded as failed")
+    p.add_argument("--no-reuse", action="store_true",
+                   help="train runs that another grid under --out finished (the same run id) anew, instead of copying "
+                        "their results in")
     p.add_argument("--debug", action="store_true", help="a failing run stops the grid with its traceback instead "
                                                         "of being recorded as failed (in-process runs)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (one line per finished run)")

@@ -83,6 +83,43 @@ def _write_atomic(path: Path, write) -> None:
             tmp.unlink()
 
 
+def adopt_finished(out: Path, grid: str, run_ids, statuses=("ok", "diverged")) -> dict[str, str]:
+    """Copy into ``grid``'s folder the results of the runs in ``run_ids`` that another grid under
+    ``out`` finished with one of ``statuses`` (a run id hashes the run's whole configuration, so
+    that run IS this grid's run; paper tables that print the same cells share runs this way):
+    its curves and saved network, then its row, with the ``grid`` column set to ``grid``; each
+    file atomically, the row last (a row means finished). Returns run id -> the grid it came from."""
+    import shutil
+
+    wanted = set(run_ids)
+    adopted: dict[str, str] = {}
+    others = sorted(p.name for p in out.iterdir() if p.is_dir() and p.name != grid) if out.is_dir() else []
+    for other in others:
+        for run_id in sorted(wanted - set(adopted)):
+            path = runs_dir(out, other) / f"{run_id}.parquet"
+            if not path.is_file():
+                continue
+            try:
+                table = pq.read_table(path)
+                if table.column("status")[0].as_py() not in statuses:
+                    continue
+            except (OSError, pa.ArrowInvalid, KeyError, IndexError):
+                continue  # damaged or foreign: that grid's own reader deals with it
+            curves = curves_dir(out, other) / f"{run_id}.parquet"
+            if curves.is_file():
+                write_atomic(pq.read_table(curves), curves_dir(out, grid) / curves.name)
+            model = models_dir(out, other) / f"{run_id}.pt"
+            if model.is_file():
+                with open(model, "rb") as source:
+                    _write_atomic(models_dir(out, grid) / model.name, lambda fh: shutil.copyfileobj(source, fh))
+            where = table.schema.get_field_index("grid")
+            if where >= 0:
+                table = table.set_column(where, table.schema.field(where), pa.array([grid] * len(table), pa.string()))
+            write_atomic(table, runs_dir(out, grid) / path.name)
+            adopted[run_id] = other
+    return adopted
+
+
 def row_table(row: dict[str, Any], schema: pa.Schema) -> pa.Table:
     """One row in the schema; a number in a string column (a plugin's count setting, "all" or a
     number, e.g. svhn's extra_count = 5) is stored as its text."""

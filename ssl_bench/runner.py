@@ -295,8 +295,10 @@ def run_grid(prepared: PreparedGrid, registry: Registry, *, out: Path, device: t
              retry_failed: bool = False, log: Callable[[str], None] | None = None,
              show_progress: bool | None = None, save_models: bool = False,
              options: EngineOptions = EngineOptions(), pack: int | str = 1, executor=None,
-             lease_timeout: float = DEFAULT_TIMEOUT_S) -> dict[str, int]:
-    """Train every run not yet finished in ``out``; returns counts by outcome. With
+             lease_timeout: float = DEFAULT_TIMEOUT_S, reuse: bool = True) -> dict[str, int]:
+    """Train every run not yet finished in ``out``; returns counts by outcome. With ``reuse``,
+    runs another grid under ``out`` finished (the same run id: the same settings) are copied in
+    first (``counts["reused"]``, :func:`ssl_bench.results.adopt_finished`), not trained again. With
     ``save_models`` the final network of each finished run is kept in ``out/GRID/models/``.
     ``pack``: runs per pack (1: each alone; "auto": see :func:`auto_pack_size`); ``executor``:
     where units train (default: in this process on ``device``; see ssl_bench.executors).
@@ -312,11 +314,21 @@ def run_grid(prepared: PreparedGrid, registry: Registry, *, out: Path, device: t
         raise UserError(f"--lease-timeout must be a positive number of seconds, got {lease_timeout}")
     results.clean_stale_temporaries(out, grid.name)
     results.quarantine_damaged(out, grid.name, log)
+    adopted = {}
+    if reuse:
+        done = results.existing_status(out, grid.name)
+        adopted = results.adopt_finished(out, grid.name, [r.run_id for r in prepared.runs
+                                                          if done.get(r.run_id) not in ("ok", "diverged")])
+        if adopted:
+            log(f"{grid.name}: {len(adopted)} runs finished in other grids' folders under {out} (the same settings, "
+                f"so the same run ids) copied in, not trained again: from {', '.join(sorted(set(adopted.values())))}"
+                f" (--no-reuse trains them anew)")
     schema = results.harmonise_schema(out, grid.name, prepared.schema)
     done = results.existing_status(out, grid.name)
     skip = {"ok", "diverged"} | (set() if retry_failed else {"failed"})
     todo = [run for run in prepared.runs if done.get(run.run_id) not in skip]
-    counts = {"skipped": len(prepared.runs) - len(todo), "ok": 0, "diverged": 0, "failed": 0, "elsewhere": 0}
+    counts = {"skipped": len(prepared.runs) - len(todo), "ok": 0, "diverged": 0, "failed": 0, "elsewhere": 0,
+              "reused": len(adopted)}
     if counts["skipped"]:
         log(f"{grid.name}: {counts['skipped']} of {len(prepared.runs)} runs already finished in {out / grid.name}")
     if not todo:

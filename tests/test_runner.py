@@ -204,6 +204,62 @@ def test_rerun_of_finished_grid_trains_nothing(finished):
     assert after == files
 
 
+def test_runs_another_grid_finished_are_copied_in_not_trained_again(finished, tmp_path):
+    import shutil
+
+    _, first_out, _ = finished
+    out = tmp_path / "out"
+    shutil.copytree(first_out, out)
+    # the same four runs (same settings: same run ids) and two new ones, under another grid's name
+    text = FINISHED_GRID.replace('name = "finished"', 'name = "sibling"').replace('n_labeled = [20, "all"]',
+                                                                                  'n_labeled = [20, 30, "all"]')
+    sibling = write_grid(tmp_path, text, "sibling.toml")
+    proc = cli("run", "--grid", str(sibling), "--out", str(out), "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    assert "sibling: 4 runs finished in other grids' folders under" in proc.stderr and "from finished" in proc.stderr
+    assert "2 ok, 0 diverged, 0 failed, 4 already done (4 copied from other grids)" in proc.stderr
+    trained = [line for line in proc.stderr.splitlines() if line.startswith("[")]
+    assert len(trained) == 2 and all("n_labeled=30" in line for line in trained)
+    rows = pd.read_parquet(runs_of(out, "sibling")).set_index("run_id")
+    originals = pd.read_parquet(runs_of(out, "finished")).set_index("run_id")
+    assert len(rows) == 6 and set(rows["grid"]) == {"sibling"} and set(originals["grid"]) == {"finished"}
+    copied = rows.loc[originals.index, originals.columns].drop(columns="grid")
+    pd.testing.assert_frame_equal(copied, originals.drop(columns="grid"))
+    assert len(list(curves_of(out, "sibling").glob("*.parquet"))) == 6
+    # --no-reuse: every run trains in this grid's own folder
+    again = tmp_path / "again"
+    shutil.copytree(first_out, again)
+    proc = cli("run", "--grid", str(sibling), "--out", str(again), "--no-progress", "--no-reuse")
+    assert proc.returncode == 0, proc.stderr
+    assert "6 ok, 0 diverged, 0 failed, 0 already done;" in proc.stderr and "copied" not in proc.stderr
+
+
+def test_only_finished_runs_of_other_grids_are_adopted_with_their_files(tmp_path):
+    from ssl_bench import results
+
+    out = tmp_path / "out"
+
+    def row(grid, run_id, status):
+        table = pa.table({"run_id": [run_id], "grid": [grid], "status": [status], "test_error": [1.5]})
+        results.write_atomic(table, runs_of(out, grid) / f"{run_id}.parquet")
+        results.write_atomic(pa.table({"run_id": [run_id], "step": [3]}), curves_of(out, grid) / f"{run_id}.parquet")
+
+    row("a", "ok1", "ok")
+    row("a", "div1", "diverged")
+    row("b", "fail1", "failed")  # an error there may be that machine's: trained here
+    (out / "a" / "models").mkdir()
+    (out / "a" / "models" / "ok1.pt").write_bytes(b"weights")
+    (runs_of(out, "b") / "bad1.parquet").write_bytes(b"not parquet")
+    adopted = results.adopt_finished(out, "c", ["ok1", "div1", "fail1", "bad1", "new1"])
+    assert adopted == {"ok1": "a", "div1": "a"}
+    assert sorted(p.stem for p in runs_of(out, "c").glob("*.parquet")) == ["div1", "ok1"]
+    copied = pq.read_table(runs_of(out, "c") / "ok1.parquet").to_pylist()
+    assert copied == [{"run_id": "ok1", "grid": "c", "status": "ok", "test_error": 1.5}]
+    assert pq.read_table(curves_of(out, "c") / "ok1.parquet").to_pylist() == [{"run_id": "ok1", "step": 3}]
+    assert (out / "c" / "models" / "ok1.pt").read_bytes() == b"weights"
+    assert not list(out.rglob(".*.tmp"))  # every copy went through a temporary, none is left
+
+
 def test_result_columns_and_dtypes(finished):
     _, out, _ = finished
     schema = pq.read_table(runs_of(out, "finished")).schema
