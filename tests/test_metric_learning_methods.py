@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
+import types
 
 import numpy as np
 import pytest
@@ -350,3 +352,97 @@ def test_a_run_says_when_googlenet_weights_are_random(reg, tmp_path):
     text = GRID.replace('backbone = "lba_convnet"', 'backbone = "googlenet"').replace("steps = 12", "steps = 1")
     prepare(str(write_grid(tmp_path, text)), reg, data_dir=tmp_path, warn=notes.append)
     assert any("googlenet starts from RANDOM weights" in n and "googlenet-1378be20.pth" in n for n in notes)
+
+
+# ------------------------------------------------------------------ the affine-SIFT matcher (eq. 4.6)
+def textured_image(seed: int = 0, size: int = 96) -> np.ndarray:
+    """A grey image with blobs and edges at random places: SIFT finds keypoints on it."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    image = np.zeros((size, size), np.uint8)
+    for _ in range(25):
+        centre = tuple(int(v) for v in rng.integers(8, size - 8, 2))
+        if rng.random() < 0.5:
+            cv2.circle(image, centre, int(rng.integers(2, 7)), int(rng.integers(80, 256)), -1)
+        else:
+            corner = tuple(int(v) for v in np.add(centre, rng.integers(3, 10, 2)))
+            cv2.rectangle(image, centre, corner, int(rng.integers(80, 256)), -1)
+    return cv2.GaussianBlur(image, (3, 3), 0.8)
+
+
+def test_asift_matches_follow_a_known_rotation():
+    cv2 = pytest.importorskip("cv2", reason="the asift matcher's optional dependency")  # in the test extra
+    image = textured_image()
+    rotation = cv2.getRotationMatrix2D((47.5, 47.5), 25.0, 1.0)  # about the image centre, pixel coordinates
+    rotated = cv2.warpAffine(image, rotation, (96, 96))
+    from ssl_bench_plugins.methods.tac_ccl import asift_features, match_keypoints
+
+    a, b = asift_features(image), asift_features(rotated)
+    assert len(a[0]) > 20 and a[1].shape == (len(a[0]), 128)
+    pa, pb = match_keypoints(a, b, matches=10)
+    assert len(pa) == 10
+    predicted = pa @ rotation[:, :2].T + rotation[:, 2]
+    error = np.linalg.norm(predicted - pb, axis=1)
+    assert np.median(error) < 1.5 and (error < 3).mean() >= 0.8, error
+    assert match_keypoints(a, (b[0][:0], b[1][:0]), 10)[0].shape == (0, 2)  # nothing to match: no pair
+
+
+def test_asift_masks_put_each_match_on_its_cell():
+    from ssl_bench_plugins.methods.tac_ccl import TACCCL
+
+    method = TACCCL(matches=2, sigma=1.0)
+    e1, e2, e3 = np.eye(128, dtype=np.float32)[:3] * 10
+    # one shared keypoint: at pixel (x 5.5, y 9.5) in image 0, (x 25.5, y 29.5) in image 1; each image also has a
+    # keypoint as far from both of the other's (an ambiguous match, which Lowe's ratio test drops)
+    method.keypoints = {0: (np.array([[5.5, 9.5], [30.0, 30.0]], np.float32), np.stack([e1, e3])),
+                        1: (np.array([[25.5, 29.5], [0.0, 0.0]], np.float32), np.stack([e1, e2]))}
+    ctx = types.SimpleNamespace(data=types.SimpleNamespace(train_x=torch.zeros(2, 1, 32, 32, dtype=torch.uint8)),
+                                device=CPU)
+    gamma, gamma_partner = method.asift_masks(ctx, torch.tensor([0, 1]), torch.tensor([1, 0]), 8, 8)
+    # 32 -> 8 pixels per cell 4: x 5.5 -> cell column (6 / 4) - 0.5 = 1, y 9.5 -> row 2; x 25.5 -> 6, y 29.5 -> 7
+    assert gamma.shape == (2, 1, 8, 8)
+    assert gamma[0, 0].argmax().item() == 2 * 8 + 1 and gamma[0, 0, 2, 1].item() == pytest.approx(1.0)
+    assert gamma_partner[0, 0].argmax().item() == 7 * 8 + 6 and gamma_partner[0, 0, 7, 6].item() == pytest.approx(1.0)
+    assert gamma[0, 0, 2, 2].item() == pytest.approx(math.exp(-0.5))  # a Gaussian of sigma 1 cell
+    # one pair each way (the ambiguous keypoints add nothing): image 1's turn is the same pair, swapped
+    assert torch.equal(gamma[1], gamma_partner[0]) and torch.equal(gamma_partner[1], gamma[0])
+    assert gamma.sum().item() == pytest.approx(gamma_partner.sum().item())
+
+
+def test_a_tac_ccl_run_with_the_asift_matcher_uses_the_batchs_own_images(reg, tmp_path, digits, monkeypatch):
+    pytest.importorskip("cv2", reason="the asift matcher's optional dependency")
+    from ssl_bench_plugins.methods import tac_ccl
+
+    seen = []
+    real = tac_ccl.asift_features
+
+    def spy(image):
+        seen.append(image)
+        return real(image)
+
+    monkeypatch.setattr(tac_ccl, "asift_features", spy)
+    cfg = with_method(reg, tmp_path, "tac_ccl")
+    cfg["methods"]["tac_ccl"]["matcher"] = "asift"
+    outcome = train_run(cfg, reg, {"source": digits}, CPU)
+    assert outcome.status == "ok", outcome.error
+    # the stored training images themselves (grey uint8, their size), each looked at once: fewer calls than
+    # the 12 x 16 images drawn; SIFT finds a few keypoints even on 8 x 8 digits, so the term trains
+    stored = {image.numpy().tobytes() for image in digits.train_x[:, 0]}
+    assert seen and all(image.shape == (8, 8) and image.dtype == np.uint8 for image in seen)
+    assert all(image.tobytes() in stored for image in seen) and len(seen) < 12 * 16
+    cross = [p["loss_terms"]["tac_cross"] for p in outcome.curves]
+    assert all(math.isfinite(v) and v >= 0 for v in cross) and max(cross) > 0
+    # and it is the matcher's term: the fallback's differs
+    cfg["methods"]["tac_ccl"]["matcher"] = "features"
+    fallback = train_run(cfg, reg, {"source": digits}, CPU)
+    assert [p["loss_terms"]["tac_cross"] for p in fallback.curves] != cross
+
+
+def test_the_asift_matcher_without_opencv_is_one_clear_error(reg, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "cv2", None)  # import cv2 raises ImportError
+    text = GRID.replace('method = "ms_baseline"', 'method = "tac_ccl"').replace(
+        "cross_weight = 1.0", 'cross_weight = 1.0\nmatcher = "asift"')
+    with pytest.raises(UserError, match="matcher = 'asift' needs OpenCV, which is not installed: pip install "
+                                        "opencv-python-headless"):
+        prepare(str(write_grid(tmp_path, text)), reg, data_dir=tmp_path)

@@ -20,13 +20,19 @@ the baseline's plus three terms:
 - F, F': L2-normalised embeddings (the MS loss compares cosines); C+ / C- the nearest and
   second-nearest of the K k-means centres of the current clustering (the pseudo-labels'
   centres, refreshed with them, §4.3.3).
-- Cross-image supervision (§4.3.4) needs affine-SIFT keypoint matches between images of a
-  cluster; OpenCV is not a dependency and SIFT means little on 8x8 / 28x28 images, so the
-  matcher here is the documented FALLBACK: each image is paired with another image of its
-  pseudo-class in the batch, and the ``matches`` mutual nearest neighbours of their (detached)
-  feature-map vectors with the highest cosine similarity are the keypoint pairs; Gamma, Gamma'
-  are sums of Gaussians (``sigma`` in map cells, eq. 4.4) around them and eq. 4.6 compares the
-  masked attention maps. Off by default (``cross_weight = 0``).
+- Cross-image supervision (§4.3.4): each image is paired with another image of its
+  pseudo-class in the batch; keypoint pairs between the two give Gamma, Gamma', sums of
+  Gaussians (``sigma`` in map cells, eq. 4.4) around each image's keypoints, and eq. 4.6
+  compares the masked attention maps. Off by default (``cross_weight = 0``). The keypoint pairs
+  (``matcher``):
+  - ``"asift"``, the dissertation's: affine-SIFT (OpenCV's ``AffineFeature`` around SIFT,
+    Morel & Yu 2009) keypoints of the stored training images (grey, un-augmented; computed once
+    per image and kept), matched by descriptor distance with Lowe's ratio test (0.75); the
+    ``matches`` closest pairs, pixel positions mapped onto the feature map's cells. Needs
+    OpenCV (``pip install opencv-python-headless``, or the ``asift`` extra); SIFT finds few
+    keypoints on tiny images (8x8 digits: none, so no cross-image term);
+  - ``"features"``, a FALLBACK without OpenCV: the ``matches`` mutual nearest neighbours of the
+    two (detached) feature maps' position vectors with the highest cosine similarity.
 - Weights: the dissertation gives none; all 1 (``cross_weight`` 0). The MS term sees x only (as
   the baseline); the attention module is the method's own (``model.extras["attention"]``).
 
@@ -36,12 +42,14 @@ The dissertation's Table 4.4 rows: baseline = ms_baseline; "+CCL" = tac_weight =
 from __future__ import annotations
 
 import math
+from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ssl_bench import hookimpl
+from ssl_bench import UserError, hookimpl
 from ssl_bench.params import hyperparameter
 from ssl_bench_plugins.methods.ms_baseline import MultiSimilarityBaseline
 
@@ -110,10 +118,22 @@ def cluster_partners(labels: torch.Tensor) -> torch.Tensor:
     return partner
 
 
+def keypoint_masks(rows: torch.Tensor, cols: torch.Tensor, weights: torch.Tensor, h: int, w: int,
+                   sigma: float) -> torch.Tensor:
+    """Eq. 4.4: per image, the sum of Gaussians (``sigma`` in map cells) centred on its keypoints
+    (``rows``, ``cols``: N x M positions in map cells; ``weights``: N x M, 0 for a missing keypoint)
+    -> N x 1 x h x w."""
+    grid_r = torch.arange(h, device=rows.device, dtype=rows.dtype)[:, None]
+    grid_c = torch.arange(w, device=rows.device, dtype=rows.dtype)[None, :]
+    bumps = torch.exp(-((grid_r - rows[..., None, None]) ** 2 + (grid_c - cols[..., None, None]) ** 2)
+                      / (2 * sigma ** 2))
+    return (bumps * weights[..., None, None]).sum(1, keepdim=True)
+
+
 def matched_masks(f: torch.Tensor, g: torch.Tensor, matches: int, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Gamma, Gamma' (eqs. 4.4-4.5) of image pairs from their feature maps f, g (N x C x h x w):
     the ``matches`` mutual nearest neighbours (cosine) of their position vectors with the highest
-    similarity are the keypoints; each mask is the sum of Gaussians around its image's keypoints."""
+    similarity are the keypoints (the fallback matcher)."""
     n, _, h, w = f.shape
     a, b = F.normalize(f.flatten(2), dim=1), F.normalize(g.flatten(2), dim=1)
     sim = a.transpose(1, 2) @ b  # n x (h w) x (h w)
@@ -124,15 +144,34 @@ def matched_masks(f: torch.Tensor, g: torch.Tensor, matches: int, sigma: float) 
     top = score.topk(min(matches, h * w), dim=1)
     keep = torch.isfinite(top.values).to(f.dtype)  # fewer mutual matches than asked: the rest weigh 0
     u, v = top.indices, best_in_g.gather(1, top.indices)
-    rows = torch.arange(h, device=f.device, dtype=f.dtype)[:, None]
-    cols = torch.arange(w, device=f.device, dtype=f.dtype)[None, :]
+    return tuple(keypoint_masks((i // w).to(f.dtype), (i % w).to(f.dtype), keep, h, w, sigma) for i in (u, v))
 
-    def gaussians(index):
-        r, c = (index // w).to(f.dtype), (index % w).to(f.dtype)
-        bumps = torch.exp(-((rows - r[..., None, None]) ** 2 + (cols - c[..., None, None]) ** 2) / (2 * sigma ** 2))
-        return (bumps * keep[..., None, None]).sum(1, keepdim=True)
 
-    return gaussians(u), gaussians(v)
+def asift_features(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Affine-SIFT keypoints of a grey uint8 image: their (x, y) pixel positions (K x 2) and SIFT
+    descriptors (K x 128), by OpenCV's AffineFeature (simulated tilts and rotations) around SIFT."""
+    import cv2
+
+    keypoints, descriptors = cv2.AffineFeature_create(cv2.SIFT_create()).detectAndCompute(image, None)
+    if descriptors is None or not keypoints:
+        return np.zeros((0, 2), np.float32), np.zeros((0, 128), np.float32)
+    return np.array([k.pt for k in keypoints], np.float32), descriptors.astype(np.float32)
+
+
+def match_keypoints(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray], matches: int,
+                    ratio: float = 0.75) -> tuple[np.ndarray, np.ndarray]:
+    """The ``matches`` best pairs of two images' (positions, descriptors): each keypoint of ``a``
+    with its nearest descriptor in ``b`` where that is nearer than ``ratio`` times the second
+    nearest (Lowe's test), the closest pairs first -> (positions in a, positions in b), M x 2 each."""
+    (pa, da), (pb, db) = a, b
+    if len(da) == 0 or len(db) < 2:
+        return np.zeros((0, 2), np.float32), np.zeros((0, 2), np.float32)
+    distance = np.sqrt(np.maximum((da ** 2).sum(1)[:, None] - 2 * da @ db.T + (db ** 2).sum(1)[None, :], 0))
+    nearest = np.argsort(distance, axis=1, kind="stable")[:, :2]
+    first, second = np.take_along_axis(distance, nearest, 1).T
+    good = np.flatnonzero(first < ratio * second)
+    good = good[np.argsort(first[good], kind="stable")][:matches]
+    return pa[good], pb[nearest[good, 0]]
 
 
 class TACCCL(MultiSimilarityBaseline):
@@ -143,8 +182,10 @@ class TACCCL(MultiSimilarityBaseline):
     tac_weight: float = hyperparameter(1.0, ge=0, help="weight of L_TAC, eq. 4.2 (not given; ours 1)")
     feature_weight: float = hyperparameter(1.0, ge=0, help="weight of L_F = ||F - F'|| (not given; ours 1)")
     cc_weight: float = hyperparameter(1.0, ge=0, help="weight of L_CC, eq. 4.3 (not given; ours 1)")
-    cross_weight: float = hyperparameter(0.0, ge=0, help="weight of the cross-image L_TAC, eq. 4.6, with the "
-                                                         "feature-match fallback for affine-SIFT (0: off)")
+    cross_weight: float = hyperparameter(0.0, ge=0, help="weight of the cross-image L_TAC, eq. 4.6 (0: off)")
+    matcher: Literal["features", "asift"] = hyperparameter(
+        "features", since="0.2", help="keypoint pairs of eq. 4.6: asift (the dissertation's affine-SIFT; needs OpenCV) "
+                                      "or features (the fallback: mutual nearest feature-map positions)")
     matches: int = hyperparameter(4, ge=1, help="keypoint pairs per image pair (eq. 4.5's M)")
     sigma: float = hyperparameter(1.0, gt=0, help="sigma_u = sigma_v of eq. 4.4, in feature-map cells")
     rotation: float = hyperparameter(15.0, ge=0, le=180, help="T: rotation range, +- degrees")
@@ -152,6 +193,42 @@ class TACCCL(MultiSimilarityBaseline):
     attention_at: str = hyperparameter("", help="backbone stage the attention follows (''; the deepest: "
                                                 "inception_5b for googlenet, §4.4.2)")
     reduction: int = hyperparameter(16, ge=1, help="CBAM's channel reduction ratio (CBAM paper: 16)")
+
+    def check(self, plan):
+        super().check(plan)
+        if self.cross_weight and self.matcher == "asift":
+            try:
+                import cv2  # noqa: F401
+            except ImportError:
+                raise UserError("methods.tac_ccl.matcher = 'asift' needs OpenCV, which is not installed: "
+                                "pip install opencv-python-headless (or ssl-bench[asift]), or use matcher = "
+                                "'features'") from None
+
+    def on_train_start(self, model, ctx):
+        super().on_train_start(model, ctx)
+        self.keypoints: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # training image -> its ASIFT features
+
+    def asift_masks(self, ctx, idx: torch.Tensor, partner: torch.Tensor, h: int, w: int):
+        """Gamma, Gamma' of eq. 4.4 from the ASIFT matches of each image (training index ``idx``)
+        with its partner, pixel positions mapped onto the h x w map."""
+        images = ctx.data.train_x
+        size_h, size_w = images.shape[-2:]
+        for i in idx.tolist():
+            if i not in self.keypoints:
+                grey = images[i].float().mean(0).round().to(torch.uint8).cpu().numpy()
+                self.keypoints[i] = asift_features(grey)
+        rows, cols = torch.zeros(2, len(idx), self.matches), torch.zeros(2, len(idx), self.matches)
+        weights = torch.zeros(len(idx), self.matches)
+        for n, (i, j) in enumerate(zip(idx.tolist(), idx[partner].tolist())):
+            if i == j:
+                continue  # alone in its cluster in this batch: no pair
+            for side, points in enumerate(match_keypoints(self.keypoints[i], self.keypoints[j], self.matches)):
+                # pixel centres (x + 0.5) / W of the image -> cell centres of the map
+                cols[side, n, :len(points)] = torch.from_numpy((points[:, 0] + 0.5) * w / size_w - 0.5)
+                rows[side, n, :len(points)] = torch.from_numpy((points[:, 1] + 0.5) * h / size_h - 0.5)
+                weights[n, :len(points)] = 1.0
+        return tuple(keypoint_masks(rows[side].to(ctx.device), cols[side].to(ctx.device), weights.to(ctx.device),
+                                    h, w, self.sigma) for side in (0, 1))
 
     def build_modules(self, model, num_outputs):
         channels = model.feature_shape(self.attention_at)[0]
@@ -182,7 +259,11 @@ class TACCCL(MultiSimilarityBaseline):
         if self.cross_weight:
             partner = cluster_partners(y)
             maps = features[:len(x)].detach()
-            gamma, gamma_partner = matched_masks(maps, maps[partner], self.matches, self.sigma)
+            if self.matcher == "asift":
+                gamma, gamma_partner = self.asift_masks(ctx, batch.idx_labeled, partner, *maps.shape[-2:])
+                gamma, gamma_partner = gamma.to(m1.dtype), gamma_partner.to(m1.dtype)
+            else:
+                gamma, gamma_partner = matched_masks(maps, maps[partner], self.matches, self.sigma)
             difference = m1 * gamma - m1[partner] * gamma_partner
             terms["tac_cross"] = self.cross_weight * difference.pow(2).flatten(1).sum(1).mean()
         return terms
