@@ -99,15 +99,16 @@ def adopt_finished(out: Path, grid: str, run_ids, statuses=("ok", "diverged")) -
             path = runs_dir(out, other) / f"{run_id}.parquet"
             if not path.is_file():
                 continue
+            curves = curves_dir(out, other) / f"{run_id}.parquet"
             try:
                 table = pq.read_table(path)
                 if table.column("status")[0].as_py() not in statuses:
                     continue
+                curve = pq.read_table(curves) if curves.is_file() else None
             except (OSError, pa.ArrowInvalid, KeyError, IndexError):
-                continue  # damaged or foreign: that grid's own reader deals with it
-            curves = curves_dir(out, other) / f"{run_id}.parquet"
-            if curves.is_file():
-                write_atomic(pq.read_table(curves), curves_dir(out, grid) / curves.name)
+                continue  # damaged or foreign: that grid's own reader deals with it, this one trains the run
+            if curve is not None:
+                write_atomic(curve, curves_dir(out, grid) / curves.name)
             model = models_dir(out, other) / f"{run_id}.pt"
             if model.is_file():
                 with open(model, "rb") as source:

@@ -250,7 +250,9 @@ def test_only_finished_runs_of_other_grids_are_adopted_with_their_files(tmp_path
     (out / "a" / "models").mkdir()
     (out / "a" / "models" / "ok1.pt").write_bytes(b"weights")
     (runs_of(out, "b") / "bad1.parquet").write_bytes(b"not parquet")
-    adopted = results.adopt_finished(out, "c", ["ok1", "div1", "fail1", "bad1", "new1"])
+    row("b", "badcurve1", "ok")
+    (curves_of(out, "b") / "badcurve1.parquet").write_bytes(b"not parquet either")
+    adopted = results.adopt_finished(out, "c", ["ok1", "div1", "fail1", "bad1", "badcurve1", "new1"])
     assert adopted == {"ok1": "a", "div1": "a"}
     assert sorted(p.stem for p in runs_of(out, "c").glob("*.parquet")) == ["div1", "ok1"]
     copied = pq.read_table(runs_of(out, "c") / "ok1.parquet").to_pylist()
